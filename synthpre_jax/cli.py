@@ -1,0 +1,61 @@
+"""`synthpre <command> [args]`: one console script for every entry point.
+
+Each command lives in its own module exposing `main(argv: list[str]) -> int`; the
+module is imported only when its command runs, so `synthpre gen` never imports
+JAX or TensorFlow. Every command runs under `run_guarded`, which turns a
+`UserError` into one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from synthpre_jax.errors import UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("synthpre_jax.train", "train or fine-tune a model (T5X-style gin flags)"),
+    "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task"),
+    "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture"),
+    "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
+}
+
+
+def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
+    """Run an entry point; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return int(fn(list(argv)) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: synthpre <command> [args]", "", "commands:"]
+    lines += [f"  {c.ljust(width)}  {h}" for c, (_, h) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        from synthpre_jax.errors import did_you_mean
+
+        print(f"error: unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; "
+              "run 'synthpre --help' for the list", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    return run_guarded(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""From a seqio task name to host-local numpy batches (T5X's DatasetConfig idea).
+
+Determinism is what makes resume exact: the stream for (task, split, seed, host shard) is a
+fixed sequence, so resuming at step s means skipping s batches. Synthetic tasks generate any
+index directly (data/sources.py), so that skip is cheap for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+from typing import Iterator, Mapping, Optional, Sequence
+
+import gin
+
+from synthpre_jax.errors import UserError, did_you_mean
+
+# Our own task modules, imported before resolving any name (cheap: no I/O at import).
+BUILTIN_TASK_MODULES = ("tasks.synthetic", "tasks.mixtures", "tasks.downstream", "tasks.natural")
+
+
+@gin.configurable(module="utils")
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """T5X's DatasetConfig fields (bound under the train/, train_eval/, infer_eval/ scopes)."""
+    mixture_or_task_name: str = ""
+    task_feature_lengths: Optional[Mapping[str, int]] = None
+    split: str = "train"
+    batch_size: int = 8
+    shuffle: bool = True
+    seed: Optional[int] = 0
+    use_cached: bool = False
+    pack: bool = False
+    use_custom_packing_ops: bool = False
+    module: Optional[str | Sequence[str]] = None
+    use_memory_cache: bool = True
+    trim_output_features: bool = True
+
+
+def import_task_modules(module: Optional[str | Sequence[str]] = None) -> None:
+    """Import our task modules and the user's (MIXTURE_OR_TASK_MODULE) so names resolve."""
+    for name in BUILTIN_TASK_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module
+                raise
+    if not module:
+        return
+    if os.getcwd() not in sys.path:  # let users point at a module in their working directory
+        sys.path.insert(0, os.getcwd())
+    for name in [module] if isinstance(module, str) else module:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UserError(f"cannot import task module {name!r} (MIXTURE_OR_TASK_MODULE): {e}; "
+                            "check the module path and that it is on PYTHONPATH") from None
+
+
+def get_task_or_mixture(name: str):
+    import seqio
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+        raise UserError(f"unknown task or mixture {name!r}{did_you_mean(name, known)}; "
+                        "register it in a module given by MIXTURE_OR_TASK_MODULE, or run "
+                        "'synthpre inspect' to list names") from None
+
+
+def subtask_names(name: str) -> list[str]:
+    """The tasks under a mixture (T5X evaluates each separately), or [name] for a task."""
+    import seqio
+    obj = get_task_or_mixture(name)
+    if isinstance(obj, seqio.Mixture):
+        return [t.name for t in obj.tasks]
+    return [obj.name]
+
+
+def _check(cfg: DatasetConfig) -> None:
+    if not cfg.mixture_or_task_name:
+        raise UserError("no task given: set MIXTURE_OR_TASK_NAME (e.g. --gin.MIXTURE_OR_TASK_NAME=\"'synthpre_set'\")")
+    if not cfg.task_feature_lengths:
+        raise UserError("TASK_FEATURE_LENGTHS is not set (e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\")")
+    for k in ("inputs", "targets"):
+        v = cfg.task_feature_lengths.get(k)
+        if not isinstance(v, int) or v < 1:
+            raise UserError(f"TASK_FEATURE_LENGTHS[{k!r}] must be a positive integer, got {v!r}")
+
+
+def get_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1,
+                per_host_batch_size: Optional[int] = None, num_epochs: Optional[int] = None,
+                start_batch: int = 0, task_name: Optional[str] = None):
+    """A batched tf.data.Dataset of this host's shard with EncDecFeatureConverter features."""
+    import seqio
+    _check(cfg)
+    import_task_modules(cfg.module)
+    name = task_name or cfg.mixture_or_task_name
+    obj = get_task_or_mixture(name)
+    if cfg.split not in obj.splits:
+        raise UserError(f"task {name!r} has no split {cfg.split!r}; it has {sorted(obj.splits)}")
+    converter = seqio.EncDecFeatureConverter(pack=cfg.pack, use_custom_packing_ops=cfg.use_custom_packing_ops)
+    ds = seqio.get_dataset(obj, task_feature_lengths=dict(cfg.task_feature_lengths),
+                           feature_converter=converter, dataset_split=cfg.split,
+                           use_cached=cfg.use_cached, shuffle=cfg.shuffle, num_epochs=num_epochs,
+                           shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+                           verbose=False, seed=cfg.seed, trim_output_features=cfg.trim_output_features)
+    ds = ds.batch(per_host_batch_size or cfg.batch_size, drop_remainder=True)
+    if start_batch:
+        ds = ds.skip(start_batch)
+    import tensorflow as tf
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def numpy_batches(ds) -> Iterator[dict]:
+    """tf.data batches as numpy dicts."""
+    yield from ds.as_numpy_iterator()
+
+
+def take_batches(cfg: DatasetConfig, num_batches: int, shard_id: int, num_shards: int,
+                 per_host_batch_size: int, task_name: Optional[str] = None) -> list[dict]:
+    """A fixed list of evaluation batches (the same examples at every evaluation, as T5X).
+
+    An eval split smaller than num_batches * batch wraps around, like T5X's repeat().take().
+    """
+    ds = get_dataset(cfg, shard_id, num_shards, per_host_batch_size, num_epochs=None, task_name=task_name)
+    out = [b for _, b in zip(range(num_batches), ds.as_numpy_iterator())]
+    if not out:
+        raise UserError(f"the {cfg.split!r} split of {task_name or cfg.mixture_or_task_name!r} is empty")
+    logging.info("eval set %s/%s: %d batches", task_name or cfg.mixture_or_task_name, cfg.split, len(out))
+    return out

@@ -1,0 +1,23 @@
+"""One error type for everything a user can get wrong.
+
+Entry points catch `UserError` and print its message as a single line with exit
+code 2 (see `cli.run_guarded`), so bad input never shows a Python traceback.
+Library code raises it wherever the cause is the user's input (a flag, a gin
+binding, a path, a checkpoint that does not fit) and the message says what to do.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+    """Bad input from the user: shown as one line, exit code 2."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """A ' (did you mean X?)' suffix for unknown-name errors, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"

@@ -1,0 +1,120 @@
+"""T5X's command line: --gin_file, --gin.NAME=VALUE, --gin_bindings, --gin_search_paths.
+
+Gin reports mistakes as long tracebacks; here every parse or binding problem becomes one
+`UserError` line that names the binding and says what to do (quote strings, check names).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import gin
+
+from synthpre_jax.errors import UserError
+
+REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin_configs"
+
+
+def default_search_paths() -> list[str]:
+    """Our gin_configs/ first, so 'models/t5_small.gin' and 'runs/pretrain.gin' resolve."""
+    return [str(REPO_GIN_DIR)] if REPO_GIN_DIR.is_dir() else []
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` (T5X's shorthand) -> `--gin_bindings=NAME = VALUE`."""
+    out = []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("--gin.") and a != "--gin.":
+            body = a[len("--gin."):]
+            if "=" not in body:
+                try:
+                    body = body + "=" + next(it)
+                except StopIteration:
+                    raise UserError(f"malformed binding {a!r}: use --gin.NAME=VALUE") from None
+            name, value = body.split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(a)
+    return out
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding NAME = VALUE (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="comma-separated directories to look for gin files and includes")
+
+
+def _search_paths(raw: Sequence[str]) -> list[str]:
+    paths = []
+    for item in raw:
+        paths += [p for p in item.split(",") if p]
+    return paths
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+    """Parse files then bindings; raise UserError with one line on any problem."""
+    for p in list(_search_paths(search_paths)) + default_search_paths() + ["."]:
+        gin.add_config_file_search_path(p)
+    files = []
+    for f in gin_files:
+        found = _resolve(f, list(_search_paths(search_paths)) + default_search_paths())
+        if found is None:
+            raise UserError(f"gin file {f!r} not found (searched the working directory and "
+                            f"{', '.join(default_search_paths() + _search_paths(search_paths)) or 'no search paths'})")
+        files.append(found)
+    try:
+        for f in files:
+            gin.parse_config_file(f)
+    except Exception as e:  # gin raises many types; all are configuration mistakes here
+        raise UserError(f"in gin file: {_short(e)}") from None
+    for b in gin_bindings:
+        try:
+            gin.parse_config(b)
+        except Exception as e:
+            hint = ""
+            if re.search(r"= *[A-Za-z_/.][^'\"]*$", b) and "@" not in b and "%" not in b and not re.search(r"= *(True|False|None)\b", b):
+                hint = "; string values need quotes, e.g. --gin.NAME=\"'value'\""
+            raise UserError(f"bad gin binding {b!r}: {_short(e)}{hint}") from None
+
+
+def _resolve(path: str, search: Sequence[str]) -> Optional[str]:
+    if os.path.exists(path):
+        return path
+    for d in search:
+        cand = os.path.join(d, path)
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    msg = [m.strip() for m in msg if m.strip()]
+    text = msg[0] if msg else type(e).__name__
+    for m in msg[1:]:
+        if "In bindings string" in m or "No configurable matching" in m or "Unknown" in m:
+            text += " " + m
+            break
+    return text[:400]
+
+
+def call_configurable(fn, *args, **kwargs):
+    """Call a gin configurable, turning gin's missing/unknown-binding errors into UserErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:
+        text = str(e)
+        if "Required bindings" in text or "gin.REQUIRED" in text or "REQUIRED" in text:
+            missing = re.findall(r"\['([^\]]+)'\]", text)
+            raise UserError(f"a required setting is missing: {_short(e)} "
+                            "(set the macro, e.g. --gin.MODEL_DIR=\"'/path'\")") from None
+        if "No configurable matching" in text or "isn't a parameter" in text or "not a parameter" in text:
+            raise UserError(f"gin configuration error: {_short(e)}") from None
+        raise
