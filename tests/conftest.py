@@ -21,3 +21,41 @@ def subprocess_env(num_devices: int = 1) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+TINY_BINDINGS = [
+    # a tiny T5 over toy_copy's 32-token vocabulary: learns in seconds on a CPU
+    "network.T5Config.vocab_size = 32",
+    "network.T5Config.emb_dim = 32",
+    "network.T5Config.num_heads = 2",
+    "network.T5Config.head_dim = 16",
+    "network.T5Config.mlp_dim = 64",
+    "network.T5Config.num_encoder_layers = 2",
+    "network.T5Config.num_decoder_layers = 2",
+    "MIXTURE_OR_TASK_MODULE = 'toy_tasks'",
+    "MIXTURE_OR_TASK_NAME = 'toy_copy'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 12, 'targets': 12}",
+]
+
+
+def tiny_train_argv(model_dir, steps: int, *, batch: int = 16, extra=(), run: str = "runs/pretrain.gin") -> list:
+    """argv for `synthpre train` on the toy copy task with the tiny model."""
+    argv = ["--gin_file=models/t5_tiny.gin", f"--gin_file={run}"]
+    argv += [f"--gin_bindings={b}" for b in TINY_BINDINGS]
+    argv += [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={batch}"]
+    argv += list(extra)
+    return argv
+
+
+def run_train_inprocess(argv):
+    """Run `synthpre train` in this process with a clean gin config; returns train()'s result."""
+    import gin
+    from synthpre_jax import gin_utils, train as train_mod
+    gin.clear_config()
+    args = train_mod.parse_args(argv)
+    train_mod._register_configurables()
+    gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    try:
+        return gin_utils.call_configurable(train_mod.train)
+    finally:
+        gin.clear_config()
