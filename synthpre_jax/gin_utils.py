@@ -6,6 +6,7 @@ Gin reports mistakes as long tracebacks; here every parse or binding problem bec
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,17 @@ import gin
 from synthpre_jax.errors import UserError
 
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin_configs"
+
+
+class _QuietGinProbe(logging.Filter):
+    """gin logs 'Path not found' at ERROR while probing search paths for an include it then
+    finds; that is noise, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
+
+
+logging.getLogger().addFilter(_QuietGinProbe())
 
 
 def default_search_paths() -> list[str]:

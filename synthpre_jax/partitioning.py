@@ -8,6 +8,7 @@ touching the network code. Batches are assembled per host with
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -128,6 +129,19 @@ class PjitPartitioner:
             from jax.experimental import mesh_utils
             return mesh_utils.create_device_mesh((data, model), devices=ordered)
         return np.asarray(ordered, dtype=object).reshape(data, model)
+
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh + logical-axis-rules context under which model code is traced, so the
+        activation constraints (`nn.with_logical_constraint`) resolve on this mesh."""
+        set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
+        with nn.logical_axis_rules(self.logical_axis_rules):
+            if set_mesh is not None:
+                with set_mesh(self.mesh):
+                    yield
+            else:  # older jax
+                with self.mesh:
+                    yield
 
     @property
     def data_size(self) -> int:

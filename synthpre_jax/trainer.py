@@ -51,7 +51,8 @@ class Trainer:
     # ---- state ---------------------------------------------------------------------------------
     def abstract_state(self, input_shapes: Mapping[str, tuple]) -> tuple[State, State]:
         """(ShapeDtypeStruct tree, NamedSharding tree) of the train state, without allocating."""
-        boxed = jax.eval_shape(lambda k: self.model.get_initial_variables(k, input_shapes), self.init_key)
+        with self.partitioner.context():
+            boxed = jax.eval_shape(lambda k: self.model.get_initial_variables(k, input_shapes), self.init_key)
         if "params" not in boxed:
             raise UserError("the model produced no parameters")
         param_shardings = self.partitioner.param_shardings(boxed["params"])
@@ -69,13 +70,13 @@ class Trainer:
         """Fresh parameters, created directly in their shardings (same values on any mesh)."""
         fn = jax.jit(lambda k: nn.unbox(self.model.get_initial_variables(k, input_shapes)["params"]),
                      out_shardings=shardings["params"])
-        with self.partitioner.mesh:
+        with self.partitioner.context():
             return fn(self.init_key)
 
     def state_from_params(self, params: Any, shardings: State) -> State:
         """A step-0 state around given params (fresh optimizer state)."""
         init = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])
-        with self.partitioner.mesh:
+        with self.partitioner.context():
             opt_state = init(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
         return {"step": step, "params": params, "opt_state": opt_state}
@@ -134,7 +135,7 @@ class Trainer:
         return self._train_step
 
     def train_step(self, state: State, batch: Mapping[str, jnp.ndarray], shardings: State):
-        with self.partitioner.mesh:
+        with self.partitioner.context():
             return self.compile_train_step(shardings)(state, batch)
 
     def eval_step(self, params: Any, batch: Mapping[str, jnp.ndarray], param_shardings: Any) -> dict:
@@ -142,7 +143,7 @@ class Trainer:
             self._eval_step = jax.jit(self.model.eval_fn,
                                       in_shardings=(param_shardings, self.partitioner.batch_sharding()),
                                       out_shardings=self.partitioner.replicated())
-        with self.partitioner.mesh:
+        with self.partitioner.context():
             return self._eval_step(params, batch)
 
 

@@ -59,3 +59,10 @@ def run_train_inprocess(argv):
         return gin_utils.call_configurable(train_mod.train)
     finally:
         gin.clear_config()
+
+
+# Compile once per distinct program across the whole suite (and its subprocesses): the tiny
+# training runs differ only in data, so most compilations are cache hits.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -28,7 +28,7 @@ def _examples(split: str, shuffle_files: bool = False, seed=None):
 
 
 if "toy_copy" not in seqio.TaskRegistry.names():
-    vocab = seqio.PassThroughVocabulary(size=VOCAB_SIZE)
+    vocab = seqio.PassThroughVocabulary(size=VOCAB_SIZE, eos_id=1)
     seqio.TaskRegistry.add(
         "toy_copy",
         source=seqio.FunctionDataSource(_examples, splits=("train", "validation")),
