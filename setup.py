@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "tensorstore>=0.1.60",
     "pyyaml>=6.0",
     "matplotlib>=3.8",
+    "rouge-score>=0.1.2",
+    "sacrebleu>=2.4",
+    "rdkit>=2024.3",
 ]
 
 TEST_REQUIRES = [

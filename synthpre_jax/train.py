@@ -100,6 +100,7 @@ def _to_host(tree) -> dict:
 def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: str, total_steps: int,
           trainer_cls: Any = None, train_eval_dataset_cfg: Any = None, infer_eval_dataset_cfg: Any = None,
           checkpoint_cfg: Optional[CheckpointConfig] = None, init_cfg: Any = None,
+          evaluator_cls: Any = None,
           eval_steps: int = 20, eval_period: int = 1000, stats_period: Optional[int] = None,
           random_seed: Optional[int] = 0, stream=None) -> dict:
     """Train (or resume) and return a summary {'step', 'train_metrics', 'eval_metrics', ...}."""
@@ -164,6 +165,13 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             eval_sets[task] = data.take_batches(ecfg, eval_steps, layout.shard_id, layout.num_shards,
                                                 ecfg.batch_size // layout.num_shards, task_name=task)
 
+    evaluator = None
+    if infer_eval_dataset_cfg is not None:
+        # Decoding + the task's metric_fns on the infer_eval split (synthpre_jax/evaluation.py).
+        from synthpre_jax.evaluation import InferenceEvaluator
+        evaluator = (evaluator_cls or InferenceEvaluator)(
+            model=model, partitioner=partitioner, dataset_cfg=infer_eval_dataset_cfg, model_dir=model_dir)
+
     train_writer = MetricWriter(os.path.join(model_dir, "train"))
     eval_writers = {t: MetricWriter(os.path.join(model_dir, "training_eval", t)) for t in eval_sets}
     result = {"step": start, "train_metrics": [], "eval_metrics": {t: [] for t in eval_sets}}
@@ -215,8 +223,12 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
                 progress.update(step, m["loss"])
                 acc.reset()
                 t_last, seqs = time.time(), 0
-            if eval_sets and (step % eval_period == 0 or step == total_steps):
-                run_eval(step)
+            if step % eval_period == 0 or step == total_steps:
+                if eval_sets:
+                    run_eval(step)
+                if evaluator is not None:
+                    result.setdefault("infer_metrics", []).append(
+                        {"step": step, **evaluator.evaluate(step, state["params"], shardings["params"])})
             manager.save(step, state, force=step == total_steps or preempt.requested)
             if preempt.requested:
                 manager.wait_until_finished()
