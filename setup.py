@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "rouge-score>=0.1.2",
     "sacrebleu>=2.4",
     "rdkit>=2024.3",
+    # TFDS's download path imports it without declaring it (prepare-data for squad/cnndm).
+    "importlib_resources>=6.0",
 ]
 
 TEST_REQUIRES = [

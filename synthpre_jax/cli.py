@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("synthpre_jax.train", "train or fine-tune a model (T5X-style gin flags)"),
     "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task"),
     "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture"),
+    "prepare-data": ("synthpre_jax.data.prepare", "download a downstream task's public data and verify its counts"),
     "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
 }
 
