@@ -1,0 +1,405 @@
+"""The weight-statistics transform (the paper's Table 2) and the Table 3 constant layer norm.
+
+`transform(source, fresh, scheme, rng)` re-samples a freshly initialised parameter tree from
+per-group statistics of a source (pre-trained) tree: see `weight_stats_groups` for the
+groupings and schemes. Differences from the release, all deliberate:
+
+* seeded and reproducible: the draw for a tensor depends only on (seed, its path, its shape),
+  through `jax.random.fold_in` with a SHA-256 of the path, so it does not change with the
+  other tensors in the tree, the number of devices or hosts, or the Python process;
+* sharding-aware: statistics are on-device reductions of each source tensor where it lives
+  (only scalars reach the host), and each new tensor is drawn by a jitted program whose output
+  has the fresh tensor's sharding; with JAX's partitionable threefry
+  (`jax_threefry_partitionable`, the default since JAX 0.5, forced on here) each device draws
+  only its own shard and the values equal the single-device draw. A host (NumPy) source is
+  placed shard by shard like the fresh tensor. No full copy of a sharded tensor is gathered;
+* statistics are two-pass (group mean, then the mean of squared deviations from it) over
+  exact, order-independent per-tensor sums (see `_exact_sum_parts`), so they do not change
+  with the sharding either; the tests check them against NumPy float64.
+
+Tensors that no group covers are returned as the very same fresh objects (bit-identical).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import re
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from synthpre_jax.errors import UserError
+from synthpre_jax.weight_stats_groups import (KEEP_FRESH, TABLE3_PRE_ATTN_LN_RES, Group, Scheme,
+                                              SchemeLike, natural_sorted, resolve_scheme,
+                                              transformable_names)
+
+# Identical draws on 1 and N devices need the partitionable threefry (the default in recent
+# JAX; set explicitly so an older default or a user flag cannot silently change the values).
+jax.config.update("jax_threefry_partitionable", True)
+
+Params = Mapping[str, Any]
+RngLike = Union[int, np.integer, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStats:
+    """What the transform did to one group (for reports and the run's init record)."""
+
+    name: str
+    rule: str  # 'N(mu,sigma)', 'N(0,sigma)' or 'const(mu)'
+    n_tensors: int
+    n_elements: int
+    mean: float
+    std: float
+    paths: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["paths"] = list(self.paths)
+        return d
+
+
+# ----------------------------------------------------------------------------- trees
+def flatten(params: Params) -> tuple[dict[str, Any], bool]:
+    """'/'-joined flat view of a nested param dict; also says whether a top-level 'params'
+    collection wrapper was stripped (so callers can pass either form)."""
+    wrapped = isinstance(params, Mapping) and set(params.keys()) == {"params"}
+    inner = params["params"] if wrapped else params
+    if not isinstance(inner, Mapping):
+        raise UserError(f"expected a nested dict of parameters, got {type(inner).__name__}")
+    return traverse_util.flatten_dict(inner, sep="/"), wrapped
+
+
+def unflatten(flat: Mapping[str, Any], wrapped: bool) -> dict:
+    tree = traverse_util.unflatten_dict(dict(flat), sep="/")
+    return {"params": tree} if wrapped else tree
+
+
+def _short(items: Sequence[str], limit: int = 6) -> str:
+    items = list(items)
+    return ", ".join(items[:limit]) + (f" ... and {len(items) - limit} more"
+                                       if len(items) > limit else "")
+
+
+def check_trees_match(source: Mapping[str, Any], fresh: Mapping[str, Any],
+                      ignore: Sequence[str] = (), what: str = "source checkpoint") -> None:
+    """Raise one UserError line listing every path that differs in presence or shape.
+
+    `ignore` lists paths that may differ (e.g. the kept-fresh embedding when it is not used).
+    """
+    src = {k: tuple(np.shape(v)) for k, v in source.items() if k not in ignore}
+    new = {k: tuple(np.shape(v)) for k, v in fresh.items() if k not in ignore}
+    missing = natural_sorted(set(new) - set(src))
+    extra = natural_sorted(set(src) - set(new))
+    shapes = [f"{k} {src[k]} vs {new[k]}" for k in natural_sorted(set(src) & set(new))
+              if src[k] != new[k]]
+    if not (missing or extra or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the {what}: {_short(missing)}")
+    if extra:
+        parts.append(f"not in the model: {_short(extra)}")
+    if shapes:
+        parts.append(f"shape differs ({what} vs model): {_short(shapes)}")
+    raise UserError(f"the {what} does not match the model: " + "; ".join(parts)
+                    + "; use a model config with the checkpoint's layers/widths/T5 version")
+
+
+def _path_words(path: str) -> tuple[int, int]:
+    """Two 32-bit words of SHA-256(path): stable across processes (unlike hash())."""
+    digest = hashlib.sha256(path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def tensor_key(rng: jax.Array, path: str) -> jax.Array:
+    """The key that draws tensor `path`: fold_in(fold_in(rng, w0), w1)."""
+    w0, w1 = _path_words(path)
+    return jax.random.fold_in(jax.random.fold_in(rng, np.uint32(w0)), np.uint32(w1))
+
+
+def _key_data(rng: RngLike) -> tuple[np.ndarray, str]:
+    if isinstance(rng, (int, np.integer)):
+        rng = jax.random.key(int(rng))
+    if not isinstance(rng, jax.Array):
+        raise UserError(f"weight-stats rng must be an int seed or a jax key, got {type(rng)}")
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(rng)), str(jax.random.key_impl(rng))
+    return np.asarray(rng, dtype=np.uint32), "threefry2x32"
+
+
+# ----------------------------------------------------------------------------- shardings
+def _default_sharding(leaves: Sequence[Any]) -> jax.sharding.Sharding:
+    """A replicated sharding on the device set the fresh tree lives on."""
+    for x in leaves:
+        if isinstance(x, jax.Array):
+            s = x.sharding
+            if isinstance(s, jax.sharding.NamedSharding):
+                return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+            if len(s.device_set) == 1:
+                return s
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _place(src: Any, like: Any) -> Any:
+    """Put a host (NumPy) source tensor on the fresh tensor's sharding, one shard per device,
+    so a sharded model never needs the whole source tensor on any single device."""
+    if isinstance(src, jax.Array) or not isinstance(like, jax.Array):
+        return src
+    arr = np.asarray(src)
+    return jax.make_array_from_callback(arr.shape, like.sharding, lambda idx: arr[idx])
+
+
+# ----------------------------------------------------------------------------- the programs
+# Small jitted programs instead of one big one: XLA's CPU compile time grows badly with many
+# unrolled threefry draws and reductions (20+ s for T5-small in one program), while programs
+# per distinct (shape, dtype, rule, sharding) compile in well under a second and are reused
+# across tensors, schemes and calls.
+#
+# Statistics must not depend on how a tensor is laid out: a float32 sum of a tensor sharded 8
+# ways rounds differently from the same sum on one device, and a 1-ulp change of sigma would
+# change every draw. So each tensor is summed *exactly*: its elements are put in 29-bit fixed
+# point relative to the tensor's max |x| (a power-of-two scale; truncation toward zero, so an
+# element loses less than 2**-29 of max |x|, far below float32's own 2**-24 on that element),
+# offset to non-negative integers, and cut into limbs narrow enough that uint32 sums cannot
+# overflow. Integer sums are exact in any order, on any mesh: rows are summed first (few, wide
+# limbs, fused into one pass), then the per-row sums. The host rebuilds each total as a Python
+# int and combines a group's tensors in float64. No library offers an order-independent
+# sharded reduction, hence this code.
+_FIXED_BITS = 29  # |q| < 2**29, so q + 2**29 < 2**30
+
+
+def _limbs(n: int, value_bits: int) -> tuple[int, int]:
+    """(bits per limb, limbs) to sum n values of `value_bits` bits exactly in uint32."""
+    bits = max(1, min(value_bits, 32 - int(n).bit_length()))
+    return bits, -(-value_bits // bits)
+
+
+def _limb_sums(u: jax.Array, n: int, value_bits: int, axis: Optional[int]) -> list:
+    bits, count = _limbs(n, value_bits)
+    mask = jnp.uint32((1 << bits) - 1)
+    return [jnp.sum((u >> jnp.uint32(bits * k)) & mask, axis=axis, dtype=jnp.uint32)
+            for k in range(count)]
+
+
+def _exact_sum_parts(x: jax.Array, m: Optional[jax.Array] = None,
+                     e: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(max |x|, exponent e, uint32 limb sums [row limbs, column limbs]) of float32 `x`.
+    A caller that knows a bound |x| < 2**e passes it (and the max to report) to save a pass."""
+    if e is None:
+        m = jnp.max(jnp.abs(x))
+        e = jnp.maximum(jnp.frexp(m)[1], -96)  # |x| < 2**e; clamp keeps 2**(29 - e) finite
+    q = (x * jnp.ldexp(jnp.float32(1), _FIXED_BITS - e)).astype(jnp.int32)
+    u = (q + (1 << _FIXED_BITS)).astype(jnp.uint32)
+    u = u.reshape(1, -1) if u.ndim < 2 else u.reshape(-1, u.shape[-1])
+    rows, length = u.shape
+    row_sums = _limb_sums(u, length, _FIXED_BITS + 1, axis=1)  # each [rows], < 2**32
+    limbs = [jnp.stack(_limb_sums(r, rows, 32, axis=None)) for r in row_sums]
+    return m, e, jnp.stack(limbs)
+
+
+def _exact_sum_value(shape: tuple, e: Any, limbs: Any) -> float:
+    n = math.prod(shape)
+    length = shape[-1] if len(shape) else 1
+    rows = n // length if length else 0
+    row_bits, _ = _limbs(length, _FIXED_BITS + 1)
+    col_bits, _ = _limbs(rows, 32)
+    total = sum(int(v) << (row_bits * k + col_bits * j)
+                for k, row in enumerate(np.asarray(limbs)) for j, v in enumerate(row))
+    return math.ldexp(float(total - n * (1 << _FIXED_BITS)), int(e) - _FIXED_BITS)
+
+
+def _squared_deviation_parts(x: jax.Array, mu: jax.Array) -> tuple:
+    """Exact-sum parts of (x - mu)**2, computed on (x - mu) / 2**k with 2**k > max|x - mu|
+    (so squares of tiny deviations do not underflow float32, and every square is < 2**0);
+    returns k as well."""
+    d = x.astype(jnp.float32) - mu
+    m = jnp.max(jnp.abs(d))
+    k = jnp.maximum(jnp.frexp(m)[1], -100)
+    d = d * jnp.ldexp(jnp.float32(1), -k)
+    return (*_exact_sum_parts(jnp.square(d), m, jnp.int32(0)), k)
+
+
+@jax.jit
+def _tensor_sum_parts(x: jax.Array) -> tuple:
+    return _exact_sum_parts(x.astype(jnp.float32))
+
+
+_tensor_squared_deviation_parts = jax.jit(_squared_deviation_parts)
+
+
+def _per_tensor(fn: Any, calls: Sequence[tuple]) -> list:
+    """Run one small program per tensor (compiled once per shape and sharding, so cheap to
+    compile and shared across schemes). A program on a sharded tensor all-reduces; those run
+    one at a time, since several collective programs in flight at once can deadlock XLA's
+    CPU collectives (each waits for device threads the others hold)."""
+    out = []
+    for args in calls:
+        result = fn(*args)
+        if isinstance(args[0], jax.Array) and len(args[0].sharding.device_set) > 1:
+            jax.block_until_ready(result)
+        out.append(result)
+    return out
+
+
+def _host_sums(parts: Any, shapes: Sequence[tuple], names: Sequence[str]) -> np.ndarray:
+    out = []
+    for (m, e, limbs, *k), shape, name in zip(jax.device_get(parts), shapes, names):
+        if not np.isfinite(m):
+            raise UserError(f"source tensor {name} has non-finite values (NaN or inf); "
+                            "its checkpoint cannot provide weight statistics")
+        value = _exact_sum_value(shape, e, limbs)
+        out.append(math.ldexp(value, 2 * int(k[0])) if k else value)
+    return np.array(out, np.float64)
+
+
+def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
+                     names: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std (ddof 0) of each group of `tensors` (indices per group).
+
+    Two passes (group mean, then the mean of squared deviations from it) of exact per-tensor
+    sums on device (a sharded tensor reduces where it lives; only scalars reach the host), so
+    the result is bit-identical for any sharding and on every host.
+    """
+    tensors = tuple(tensors)
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(tensors))]
+    shapes = [tuple(np.shape(x)) for x in tensors]
+    counts = [math.prod(s) for s in shapes]
+    sums = _host_sums(_per_tensor(_tensor_sum_parts, [(x,) for x in tensors]), shapes, names)
+    size = [sum(counts[i] for i in g) for g in groups]
+    mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
+    tensor_mu = np.zeros(len(tensors), np.float32)
+    for g, mu in zip(groups, mus):
+        tensor_mu[list(g)] = mu
+    sq = _host_sums(_per_tensor(_tensor_squared_deviation_parts,
+                                [(x, tensor_mu[i]) for i, x in enumerate(tensors)]),
+                    shapes, names)
+    sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
+    return mus, sigmas
+
+
+@functools.lru_cache(maxsize=8)
+def _keys_program(impl: str, sharding: Any):
+    """(base key data, path words [n, 2]) -> key data of every tensor [n, ...]."""
+    def run(key_data: jax.Array, words: jax.Array):
+        base = jax.random.wrap_key_data(key_data, impl=impl)
+        fold = lambda w: jax.random.key_data(  # noqa: E731
+            jax.random.fold_in(jax.random.fold_in(base, w[0]), w[1]))
+        return jax.vmap(fold)(words)
+
+    return jax.jit(run, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=256)
+def _sampler(rule: str, dtype: str, impl: str, sharding: Any):
+    """(all keys, tensor index, mu, sigma) -> one new tensor, drawn directly into `sharding`
+    (each device computes only its own shard)."""
+    def run(keys, i, mu, sigma, *, shape):
+        if rule == "const(mu)":
+            out = jnp.full(shape, mu, jnp.float32)
+        else:
+            z = jax.random.normal(jax.random.wrap_key_data(keys[i], impl=impl), shape,
+                                  jnp.float32)
+            out = mu + sigma * z if rule == "N(mu,sigma)" else sigma * z
+        return out.astype(dtype)
+
+    return jax.jit(run, static_argnames=("shape",), out_shardings=sharding)
+
+
+def _rule(scheme: Scheme, group: Group) -> str:
+    if scheme.statistic == "mean_std":
+        return "N(mu,sigma)"
+    return "const(mu)" if group.is_norm else "N(0,sigma)"
+
+
+def transform_with_report(source_params: Params, fresh_params: Params, scheme: SchemeLike,
+                          rng: RngLike) -> tuple[dict, list[GroupStats]]:
+    """`transform`, also returning the statistics of every group (source mean/std)."""
+    scheme = resolve_scheme(scheme)
+    src_flat, _ = flatten(source_params)
+    fresh_flat, wrapped = flatten(fresh_params)
+    ignore = () if scheme.include_embeddings else KEEP_FRESH
+    check_trees_match(src_flat, fresh_flat, ignore=ignore)
+    names = transformable_names(src_flat, include_embeddings=scheme.include_embeddings)
+    groups = scheme.groups(names)
+
+    order = natural_sorted(p for g in groups for p in g.paths)  # shares programs across schemes
+    index = {p: i for i, p in enumerate(order)}
+    src = tuple(_place(src_flat[p], fresh_flat[p]) for p in order)
+    rules = [_rule(scheme, g) for g in groups]
+    default = _default_sharding(list(fresh_flat.values()))
+    mus, sigmas = group_statistics(src, [[index[p] for p in g.paths] for g in groups], order)
+    key_data, impl = _key_data(rng)
+    words = np.array([_path_words(p) for p in order], dtype=np.uint32)
+    keys = _keys_program(impl, default)(key_data, words)
+    result = dict(fresh_flat)
+    for j, (g, rule) in enumerate(zip(groups, rules)):
+        for p in g.paths:
+            like = fresh_flat[p]
+            sharding = like.sharding if isinstance(like, jax.Array) else default
+            sample = _sampler(rule, str(np.dtype(like.dtype)), impl, sharding)
+            result[p] = sample(keys, np.int32(index[p]), np.float32(mus[j]),
+                               np.float32(sigmas[j]), shape=tuple(np.shape(like)))
+
+    report = [GroupStats(g.name, rule, len(g.paths),
+                         int(sum(math.prod(np.shape(src_flat[p])) for p in g.paths)),
+                         float(mu), float(sd), g.paths)
+              for g, rule, mu, sd in zip(groups, rules, mus, sigmas)]
+    return unflatten(result, wrapped), report
+
+
+def transform(source_params: Params, fresh_params: Params, scheme: SchemeLike,
+              rng: RngLike) -> dict:
+    """Re-sample `fresh_params` from per-group statistics of `source_params`.
+
+    source_params: the pre-trained tree (NumPy or jax.Array leaves, any sharding);
+    fresh_params: the freshly initialised tree of the same model (its dtypes and shardings are
+        kept; tensors outside every group are returned unchanged);
+    scheme: a readable name (`per_param_scale`), a paper init_id
+        (`per_param_grouping___init_scale`), 'custom' (the gin-bound `RegexScheme`) or a Scheme;
+    rng: an int seed or a jax PRNG key.
+    """
+    return transform_with_report(source_params, fresh_params, scheme, rng)[0]
+
+
+# ----------------------------------------------------------------------------- Table 3
+def preattn_ln_paths(names: Sequence[str]) -> list[str]:
+    """The release's Table 3 targets: encoder pre-attention, decoder pre-self and pre-cross
+    layer norms (18 for T5-small)."""
+    rxs = [re.compile(r) for r in TABLE3_PRE_ATTN_LN_RES]
+    return natural_sorted(n for n in names if any(rx.match(n) for rx in rxs))
+
+
+def constant_preattn_ln(fresh_params: Params, value: float) -> tuple[dict, list[str]]:
+    """Set every pre-attention layer-norm scale to `value` (Table 3); keep everything else.
+
+    Any float works (negative, 1e-3, ...), unlike the release's string encoding. Returns the
+    new tree and the paths that were set.
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"constant_preattn_ln value must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise UserError(f"constant_preattn_ln value must be finite, got {value!r}")
+    flat, wrapped = flatten(fresh_params)
+    paths = preattn_ln_paths(list(flat))
+    if not paths:
+        raise UserError("constant_preattn_ln found no pre-attention layer norm in the model "
+                        "(expected names like encoder/layers_0/pre_attention_layer_norm/scale)")
+    on_device = [p for p in paths if isinstance(flat[p], jax.Array)]
+    result = dict(flat)
+    for p in paths:
+        if p not in on_device:
+            result[p] = np.full(np.shape(flat[p]), value, dtype=np.asarray(flat[p]).dtype)
+    if on_device:
+        specs = tuple((tuple(flat[p].shape), str(flat[p].dtype)) for p in on_device)
+        fill = jax.jit(lambda: tuple(jnp.full(s, value, d) for s, d in specs),
+                       out_shardings=tuple(flat[p].sharding for p in on_device))
+        result.update(zip(on_device, fill()))
+    return unflatten(result, wrapped), paths
