@@ -172,7 +172,8 @@ class EncoderDecoderModel:
         """(decodes [b, len], {'scores': [b]}) with the configured search (default: beam 4, alpha 0.6)."""
         from synthpre_jax.models import inference
         cfg = decode_config or self.decode_config or inference.DecodeConfig()
-        return inference.predict_batch(self.module, params, batch, cfg, rng=rng,
+        eos_id = getattr(self.output_vocabulary, "eos_id", None) or 1
+        return inference.predict_batch(self.module, params, batch, cfg, rng=rng, eos_id=eos_id,
                                        return_all_decodes=return_all_decodes)
 
     def score_batch(self, params, batch: Batch) -> jnp.ndarray:
