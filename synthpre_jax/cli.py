@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task"),
     "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture"),
     "prepare-data": ("synthpre_jax.data.prepare", "download a downstream task's public data and verify its counts"),
+    "experiment": ("synthpre_jax.experiment", "run or resume a grid of pre-train -> select -> fine-tune runs"),
+    "report": ("synthpre_jax.report", "tables (with % of benefit) and plots from finished runs"),
     "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
 }
 
