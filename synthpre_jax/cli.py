@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task"),
     "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture"),
     "prepare-data": ("synthpre_jax.data.prepare", "download a downstream task's public data and verify its counts"),
+    "eval": ("synthpre_jax.eval", "inference eval (decode + metrics) of a checkpoint or every checkpoint of a run"),
+    "infer": ("synthpre_jax.infer", "predictions of a checkpoint for a task split or a file of inputs, to JSONL"),
+    "select": ("synthpre_jax.select", "the paper's checkpoint selection: max validation accuracy step and its metrics"),
     "experiment": ("synthpre_jax.experiment", "run or resume a grid of pre-train -> select -> fine-tune runs"),
     "report": ("synthpre_jax.report", "tables (with % of benefit) and plots from finished runs"),
     "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
@@ -30,7 +33,9 @@ def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
     try:
         return int(fn(list(argv)) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # One line: gin appends "In call to configurable ..." on further lines.
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
