@@ -8,6 +8,7 @@ JAX or TensorFlow. Every command runs under `run_guarded`, which turns a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -51,6 +52,8 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # TensorFlow (used by seqio for input pipelines only) is noisy on stderr at import.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -39,4 +39,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.exit(run_guarded(main, sys.argv[1:]))
