@@ -215,6 +215,10 @@ def run_grid(runs: list[Run], dry_run: bool = False, stream=None) -> int:
         gin.clear_config()
         code = run_guarded(train_mod.main, argv)
         gin.clear_config()
+        if code == train_mod.PREEMPTED_EXIT_CODE:
+            stream.write(f"{header}: preempted (checkpoint saved); rerun the same command to continue\n")
+            stream.flush()
+            return failures + 1
         if code != 0:
             failures += 1
             stream.write(f"{header}: FAILED (exit {code})\n")
