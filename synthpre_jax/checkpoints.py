@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import gin
@@ -34,7 +35,7 @@ from synthpre_jax.checkpoint_utils import (apply_assignment_map, flatten_params,
                                            unflatten_params)
 from synthpre_jax.errors import UserError
 
-__all__ = ["SaveCheckpointConfig", "RestoreCheckpointConfig", "CheckpointManager", "load_params",
+__all__ = ["SaveCheckpointConfig", "RestoreCheckpointConfig", "CheckpointManager", "latest_step_in", "load_params",
            "save_params_checkpoint", "apply_assignment_map", "restore_initial_params",
            "flatten_params", "unflatten_params"]
 
@@ -120,6 +121,7 @@ class CheckpointManager:
             cleanup_tmp_directories=True,   # drop half-written steps of a crashed run
             create=True,
         )
+        self._in_flight: Optional[int] = None   # step of a background write not yet waited for
         try:
             self._mgr = ocp.CheckpointManager(self.model_dir, options=options)
         except (OSError, ValueError) as e:
@@ -136,8 +138,9 @@ class CheckpointManager:
         """
         ocp = _ocp()
         step = int(step)
-        if not force and step % self.config.period != 0 and not self._mgr.reached_preemption(step):
+        if not self.should_save(step, force):
             return False
+        self.wait_until_finished()  # surfaces a failed background write before starting another
         if step in self._mgr.all_steps():
             problem = cu.checkpoint_problem(self.step_dir(step))
             (log.warning if problem else log.info)(
@@ -146,17 +149,50 @@ class CheckpointManager:
             return False
         state = _cast_params(state, self.config.dtype)
         try:
-            return bool(self._mgr.save(step, args=ocp.args.Composite(
+            started = bool(self._mgr.save(step, args=ocp.args.Composite(
                 **{cu.ITEM_NAME: ocp.args.StandardSave(state)}), force=True))
         except ocp.checkpoint_manager.StepAlreadyExistsError:
             return False
+        except Exception as e:  # noqa: BLE001 - disk full, permissions, I/O: all end the run the same way
+            self._write_failed(step, e)
+        if started:
+            self._in_flight = step
+        return started
+
+    def should_save(self, step: int, force: bool = False) -> bool:
+        """Whether `save(step, ..., force)` would write: forced, a period step, or a preemption point.
+
+        Callers that must check the state first (e.g. for non-finite values) ask this once per
+        step and then call `save(..., force=True)`; Orbax's preemption query is made only here.
+        """
+        step = int(step)
+        return bool(force or step % self.config.period == 0 or self._mgr.reached_preemption(step))
 
     def wait_until_finished(self) -> None:
-        """Block until a background save has been committed."""
-        self._mgr.wait_until_finished()
+        """Block until a background save has been committed; a failed write raises UserError."""
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - see save()
+            self._write_failed(self._in_flight, e)
+        self._in_flight = None
+
+    def _write_failed(self, step: Optional[int], error: BaseException) -> None:
+        """Report a failed write as one line. Orbax wrote into a temporary directory that is never
+        renamed to checkpoint_<step>, so earlier checkpoints are untouched and the debris is
+        removed when a manager next opens this directory."""
+        self._in_flight = None
+        try:
+            earlier = self.latest_step()
+        except Exception:  # noqa: BLE001 - the listing itself may fail on a broken disk
+            earlier = None
+        what = f"checkpoint {self.step_dir(step)}" if step is not None else f"a checkpoint in {self.model_dir}"
+        reason = _os_reason(error)
+        raise UserError(f"writing {what} failed ({reason}); earlier checkpoints are intact (latest complete: "
+                        f"{'step ' + str(earlier) if earlier is not None else 'none'}): free disk space or fix "
+                        "MODEL_DIR's permissions, then rerun the same command to resume") from None
 
     def close(self) -> None:
-        self._mgr.wait_until_finished()
+        self.wait_until_finished()
         self._mgr.close()
 
     def __enter__(self) -> "CheckpointManager":
@@ -175,12 +211,7 @@ class CheckpointManager:
 
     def latest_step(self) -> Optional[int]:
         """The newest checkpoint that is complete; damaged newer ones are skipped with a warning."""
-        for step in reversed(self.all_steps()):
-            problem = cu.checkpoint_problem(self.step_dir(step))
-            if problem is None:
-                return step
-            log.warning("skipping damaged checkpoint %s: %s", self.step_dir(step), problem)
-        return None
+        return _latest_complete(self.all_steps(), self.step_dir)
 
     # -- restoring ---------------------------------------------------------------------------
     def restore(self, step: int, abstract_state: dict) -> dict:
@@ -208,6 +239,33 @@ class CheckpointManager:
             raise UserError(f"cannot read checkpoint {step_dir} ({str(e).splitlines()[0][:200]}); "
                             "it is damaged: move it away to resume from the previous one") from e
         return restored[cu.ITEM_NAME]
+
+
+def _latest_complete(steps: Sequence[int], step_dir: Any) -> Optional[int]:
+    for step in sorted(steps, reverse=True):
+        problem = cu.checkpoint_problem(step_dir(step))
+        if problem is None:
+            return step
+        log.warning("skipping damaged checkpoint %s: %s", step_dir(step), problem)
+    return None
+
+
+def latest_step_in(model_dir: str) -> Optional[int]:
+    """`CheckpointManager.latest_step()` of `model_dir` without opening it: nothing is created
+    (a missing directory has no checkpoints), so a run can decide to resume before it commits
+    to writing MODEL_DIR."""
+    dirs = cu.step_dirs(model_dir)
+    return _latest_complete(list(dirs), lambda step: dirs[step])
+
+
+def _os_reason(error: BaseException) -> str:
+    """The operating-system cause inside a TensorStore/Orbax error ('File too large', 'No space
+    left on device'), else the error's first 200 characters."""
+    text = " ".join(str(error).split())
+    m = re.search(r"([A-Za-z][A-Za-z ,'-]*?) \[os_error_code='?(\d+)", text)
+    if m:
+        return f"{m.group(1).strip()}, errno {m.group(2)}"
+    return text[:200] or type(error).__name__
 
 
 def _abstract_leaf(x: Any) -> Any:
@@ -267,7 +325,8 @@ def _check_against_stored(step_dir: epath.Path, abstract: dict) -> None:
             parts.append(f"{len(extra)} unexpected paths in it, e.g. {', '.join(extra[:3])}")
         raise UserError(f"checkpoint {step_dir} does not match this model/optimizer: "
                         f"{'; '.join(parts)}{hint}; use a matching MODEL_DIR or a fresh one")
-    bad = [(p, tuple(stored[p].shape), tuple(wanted[p].shape)) for p in sorted(wanted)
+    bad = [(p, tuple(stored[p].shape), tuple(wanted[p].shape))
+           for p in sorted(wanted, key=lambda p: (not p.startswith("params/"), p))  # params first
            if tuple(stored[p].shape) != tuple(wanted[p].shape)]
     if bad:
         p, got, want = bad[0]

@@ -6,6 +6,7 @@ Gin reports mistakes as long tracebacks; here every parse or binding problem bec
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import re
@@ -83,7 +84,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
         for f in files:
             gin.parse_config_file(f)
     except Exception as e:  # gin raises many types; all are configuration mistakes here
-        raise UserError(f"in gin file: {_short(e)}") from None
+        raise UserError(f"in gin file: {_short(e)}{_gin_suggestion(str(e))}") from None
     for b in gin_bindings:
         try:
             gin.parse_config(b)
@@ -91,7 +92,25 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
             hint = ""
             if re.search(r"= *[A-Za-z_/.][^'\"]*$", b) and "@" not in b and "%" not in b and not re.search(r"= *(True|False|None)\b", b):
                 hint = "; string values need quotes, e.g. --gin.NAME=\"'value'\""
-            raise UserError(f"bad gin binding {b!r}: {_short(e)}{hint}") from None
+            why = re.sub(r"malformed node or string.*?>", "not a value gin can parse", _short(e))
+            raise UserError(f"bad gin binding {b!r}: {why}{_gin_suggestion(str(e))}{hint}") from None
+
+
+def _gin_suggestion(text: str) -> str:
+    """' (did you mean ...?)' for gin's unknown-configurable and unknown-parameter errors."""
+    from synthpre_jax.errors import did_you_mean
+    try:  # gin's registry is private API: when it changes, there is simply no suggestion
+        registry = gin.config._REGISTRY
+        m = re.search(r"No configurable matching '([^']+)'", text)
+        if m:
+            parts = m.group(1).count(".") + 1
+            return did_you_mean(m.group(1), {".".join(k.split(".")[-parts:]) for k, _ in registry.items()})
+        m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
+        if m:
+            return did_you_mean(m.group(2), inspect.signature(registry.get_match(m.group(1)).wrapped).parameters)
+    except Exception:  # noqa: BLE001
+        pass
+    return ""
 
 
 def _resolve(path: str, search: Sequence[str]) -> Optional[str]:
@@ -119,7 +138,12 @@ def call_configurable(fn, *args, **kwargs):
     """Call a gin configurable, turning gin's missing/unknown-binding errors into UserErrors."""
     try:
         return fn(*args, **kwargs)
-    except UserError:
+    except UserError as e:
+        # gin appends "\n  In call to configurable ..." to errors raised inside configurables;
+        # a UserError is one line by contract, so keep only that line.
+        lines = str(e).splitlines()
+        if len(lines) > 1:
+            raise UserError(lines[0]) from None
         raise
     except (TypeError, ValueError) as e:
         text = str(e)

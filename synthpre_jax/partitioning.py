@@ -96,6 +96,24 @@ def initialize_distributed(multiprocess_gpu: bool = False,
             logging.info("jax.distributed.initialize skipped: %s", e)
 
 
+_SYNC_COUNT = [0]
+
+
+def sync_hosts(tag: str, timeout_s: int = 1800) -> None:
+    """Block until every process reaches this call (a no-op with one process).
+
+    Uses the coordination service's barrier, not a device collective: multi-process CPU
+    collectives (gloo) give a late process only 30 s to join, and on a busy machine hosts can
+    be further apart than that after set-up, tracing and compiling. Every process must make
+    the same sequence of calls (the barrier names are numbered).
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+    _SYNC_COUNT[0] += 1
+    multihost.get_barrier_sync_fn()(key=f"synthpre_{tag}_{_SYNC_COUNT[0]}", timeout_ms=timeout_s * 1000)
+
+
 @gin.configurable
 class PjitPartitioner:
     """Builds the ('data', 'model') mesh over all devices of all hosts and the shardings on it.

@@ -8,8 +8,14 @@ the data stream is deterministic, so step s continues at batch s.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as the package module, so gin registers each name once
+    import sys as _sys
+    from synthpre_jax.cli import main as _cli_main
+    _sys.exit(_cli_main(["train"] + _sys.argv[1:]))
+
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -26,12 +32,20 @@ from synthpre_jax import gin_utils
 from synthpre_jax.errors import UserError
 
 
+# Exit code after a SIGTERM-triggered checkpoint (128 + SIGTERM), so wrappers such as the
+# experiment grid stop instead of starting the next run.
+PREEMPTED_EXIT_CODE = 143
+
+
 @gin.configurable(module="utils")
 @dataclasses.dataclass
 class CheckpointConfig:
     """T5X's CheckpointConfig: what to save and what to restore at the start."""
     save: Any = None      # checkpoints.SaveCheckpointConfig
     restore: Any = None   # checkpoints.RestoreCheckpointConfig (INITIAL_CHECKPOINT_PATH)
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class _Preemption:
@@ -74,8 +88,20 @@ def _require(**values) -> None:
 
 
 def _check_model_dir(model_dir: str) -> None:
-    if not model_dir:
+    """Fail before any work when MODEL_DIR cannot be written. Directories created for the probe
+    are removed again (single process): MODEL_DIR is only created once set-up has succeeded, so
+    a run that stops on bad input leaves it as it was."""
+    if not model_dir or not isinstance(model_dir, (str, os.PathLike)):
         raise UserError("MODEL_DIR is not set: add --gin.MODEL_DIR=\"'/path/to/run'\"")
+    model_dir = os.fspath(model_dir)
+    if "://" in model_dir:
+        return  # a bucket (gs://...): Orbax/TensorStore report access problems themselves
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise UserError(f"MODEL_DIR {model_dir!r} is a file, not a directory; choose a directory")
+    missing, d = [], os.path.abspath(model_dir)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        missing.append(d)
+        d = os.path.dirname(d)
     try:
         os.makedirs(model_dir, exist_ok=True)
         probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
@@ -84,12 +110,45 @@ def _check_model_dir(model_dir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"MODEL_DIR {model_dir!r} is not writable ({e.strerror}); choose another directory") from None
+    finally:
+        if missing and jax.process_count() == 1:  # other hosts may probe the same shared directory
+            for created in missing:   # deepest first
+                try:
+                    os.rmdir(created)
+                except OSError:
+                    break
 
 
-def _check_steps(total_steps, eval_period, eval_steps) -> None:
-    for name, v in (("TRAIN_STEPS", total_steps), ("EVAL_PERIOD", eval_period), ("EVAL_STEPS", eval_steps)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
+def _check_steps(total_steps, eval_period, eval_steps, stats_period=None, on_nonfinite_loss="stop") -> None:
+    for name, v in (("TRAIN_STEPS", total_steps), ("EVAL_PERIOD", eval_period), ("EVAL_STEPS", eval_steps),
+                    ("train.stats_period", 1 if stats_period is None else stats_period)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise UserError(f"{name} must be a positive integer, got {v!r}")
+    if on_nonfinite_loss not in NONFINITE_POLICIES:
+        raise UserError(f"train.on_nonfinite_loss must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                        f"got {on_nonfinite_loss!r}")
+
+
+def _check_model(model: Any) -> None:
+    """Model settings read only inside the first jitted step, checked before MODEL_DIR is written."""
+    from synthpre_jax.models.model import loss_weights_and_normalizer
+    if hasattr(model, "loss_normalizing_factor"):
+        loss_weights_and_normalizer({"decoder_target_tokens": np.ones((1, 1), np.int32)},
+                                    model.loss_normalizing_factor)
+
+
+def _check_vocabulary(task: Any, model: Any) -> None:
+    """Token ids beyond the embedding are silently clamped by XLA, so a task vocabulary larger
+    than T5Config.vocab_size would train on garbage without an error."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(size, (int, np.integer)):
+        return
+    for feature_name, feature in getattr(task, "output_features", {}).items():
+        n = getattr(getattr(feature, "vocabulary", None), "vocab_size", None)
+        if isinstance(n, (int, np.integer)) and n > size:
+            raise UserError(f"the vocabulary of {task.name!r} ({feature_name!r}) has {n} ids but the model's "
+                            f"embedding has {size} rows; set --gin.network.T5Config.vocab_size={n} (or more) "
+                            "or use the model config made for this vocabulary")
 
 
 def _to_host(tree) -> dict:
@@ -102,36 +161,54 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
           checkpoint_cfg: Optional[CheckpointConfig] = None, init_cfg: Any = None,
           evaluator_cls: Any = None,
           eval_steps: int = 20, eval_period: int = 1000, stats_period: Optional[int] = None,
-          random_seed: Optional[int] = 0, stream=None) -> dict:
-    """Train (or resume) and return a summary {'step', 'train_metrics', 'eval_metrics', ...}."""
+          random_seed: Optional[int] = 0, on_nonfinite_loss: str = "stop", stream=None) -> dict:
+    """Train (or resume) and return a summary {'step', 'train_metrics', 'eval_metrics', ...}.
+
+    on_nonfinite_loss: 'stop' raises UserError at the first step whose loss or update is NaN/inf
+      (naming the step; no checkpoint of a later state is written, so the last one is good);
+      'skip' keeps the old params/optimizer state for such steps, counts them in the
+      'skipped_steps' metric and lists them in the result.
+    """
     from synthpre_jax import checkpoints
     from synthpre_jax.data import dataset as data
     from synthpre_jax.models.model import MetricSums, metrics_from_sums
+    from synthpre_jax.partitioning import sync_hosts
     from synthpre_jax.summaries import MetricWriter, Progress
     from synthpre_jax.trainer import Trainer, model_info
 
     _require(model_dir=(model_dir, "MODEL_DIR"), total_steps=(total_steps, "TRAIN_STEPS"),
              task=(getattr(train_dataset_cfg, "mixture_or_task_name", None), "MIXTURE_OR_TASK_NAME"),
              lengths=(getattr(train_dataset_cfg, "task_feature_lengths", None), "TASK_FEATURE_LENGTHS"))
+    _check_steps(total_steps, eval_period, eval_steps, stats_period, on_nonfinite_loss)
     _check_model_dir(model_dir)
-    _check_steps(total_steps, eval_period, eval_steps)
     stats_period = int(stats_period or min(eval_period, 100))
     checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
     save_cfg = checkpoint_cfg.save or checkpoints.SaveCheckpointConfig(period=eval_period)
     cfg = train_dataset_cfg
     data.import_task_modules(cfg.module)
     data._check(cfg)
-    data.get_task_or_mixture(cfg.mixture_or_task_name)  # fail early on an unknown name
+    _check_vocabulary(data.get_task_or_mixture(cfg.mixture_or_task_name), model)  # also: unknown name
+    _check_model(model)
     layout = partitioner.data_layout(cfg.batch_size)
+    data.check_examples(cfg, layout.shard_id, layout.num_shards)
     shapes = _input_shapes(cfg.task_feature_lengths, cfg.batch_size, cfg.pack)
 
+    skip = {"skip_nonfinite": True} if on_nonfinite_loss == "skip" else {}
     trainer = (trainer_cls or Trainer)(model=model, partitioner=partitioner,
-                                       random_seed=0 if random_seed is None else int(random_seed))
+                                       random_seed=0 if random_seed is None else int(random_seed), **skip)
+    micro = int(getattr(trainer, "num_microbatches", 1) or 1)
+    rows = cfg.batch_size // partitioner.data_size
+    if rows % micro:
+        raise UserError(f"BATCH_SIZE {cfg.batch_size} gives {rows} rows per data-parallel device, which "
+                        f"NUM_MICROBATCHES={micro} does not divide; change BATCH_SIZE or NUM_MICROBATCHES")
     abstract, shardings = trainer.abstract_state(shapes)
-    manager = checkpoints.CheckpointManager(model_dir, save_cfg)
     progress = Progress(total_steps, 0, stream=stream)
-    latest = manager.latest_step()
+    # MODEL_DIR is opened (and created) only once set-up has succeeded, except to resume.
+    latest = checkpoints.latest_step_in(model_dir)
+    manager, record = None, None
     if latest is not None:
+        sync_hosts("open_model_dir")
+        manager = checkpoints.CheckpointManager(model_dir, save_cfg)
         state = manager.restore(latest, abstract)
         start = int(latest)
         progress.message(f"resuming from {model_dir} at step {start}")
@@ -148,14 +225,6 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             params, record = initialize_params(params, init_cfg, shardings["params"])
         state = trainer.state_from_params(params, shardings)
         start = 0
-        if jax.process_index() == 0:
-            with open(os.path.join(model_dir, "init.json"), "w") as f:
-                json.dump(record, f, indent=1, default=str)
-            with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
-                f.write(model_info(abstract["params"], shardings["params"]))
-    if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
     progress.start = start
 
     eval_sets: dict[str, list] = {}
@@ -172,6 +241,27 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
         evaluator = (evaluator_cls or InferenceEvaluator)(
             model=model, partitioner=partitioner, dataset_cfg=infer_eval_dataset_cfg, model_dir=model_dir)
 
+    ds = data.get_dataset(cfg, layout.shard_id, layout.num_shards, layout.per_host_batch_size,
+                          num_epochs=None, start_batch=start)
+    it = ds.as_numpy_iterator()
+    first = next(it, None)
+    if first is None:
+        raise UserError(f"the {cfg.split!r} split of {cfg.mixture_or_task_name!r} gives no batch of "
+                        f"{layout.per_host_batch_size} examples from step {start} on; check the data or BATCH_SIZE")
+    it = itertools.chain([first], it)
+
+    # Set-up succeeded: from here on MODEL_DIR is written.
+    if manager is None:
+        sync_hosts("open_model_dir")
+        manager = checkpoints.CheckpointManager(model_dir, save_cfg)
+    if jax.process_index() == 0:
+        if record is not None:
+            with open(os.path.join(model_dir, "init.json"), "w") as f:
+                json.dump(record, f, indent=1, default=str)
+            with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
+                f.write(model_info(abstract["params"], shardings["params"]))
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.config_str())
     train_writer = MetricWriter(os.path.join(model_dir, "train"))
     eval_writers = {t: MetricWriter(os.path.join(model_dir, "training_eval", t)) for t in eval_sets}
     result = {"step": start, "train_metrics": [], "eval_metrics": {t: [] for t in eval_sets}}
@@ -187,12 +277,39 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             result["eval_metrics"][task].append({"step": step, **m})
             progress.message(f"  eval {task} @ {step}: loss {m['loss']:.4g}, accuracy {m['accuracy']:.4f}")
 
-    ds = data.get_dataset(cfg, layout.shard_id, layout.num_shards, layout.per_host_batch_size,
-                          num_epochs=None, start_batch=start)
-    it = ds.as_numpy_iterator()
-    pending, acc = [], MetricSums()
-    t_last, seqs = time.time(), 0
+    pending, acc = [], MetricSums()   # pending: (step, device sums) not yet read back
+    skip_nonfinite, skipped, period_skipped = on_nonfinite_loss == "skip", [], 0
+    t_last, seqs, period_steps = time.time(), 0, 0
     step = start
+
+    def drain() -> None:
+        """Read the pending per-step sums back and act on non-finite steps. Runs at stats periods
+        and before anything that persists or evaluates the state, so no checkpoint of a state
+        after a non-finite step is written and the latest checkpoint stays a good one."""
+        nonlocal pending, period_skipped
+        for s_step, s in pending:
+            host = _to_host(s)
+            if host.pop("nonfinite", 0.0) == 0.0 and np.isfinite(host.get("loss", 0.0)):
+                acc.add(host)
+                continue
+            if not skip_nonfinite:
+                manager.wait_until_finished()
+                last = manager.latest_step()
+                raise UserError(f"non-finite loss or update at step {s_step}; the last good checkpoint is "
+                                f"{'step ' + str(last) if last is not None else 'none'} in {model_dir}: lower "
+                                "the learning rate or check the data (or set train.on_nonfinite_loss='skip')")
+            skipped.append(s_step)
+            period_skipped += 1
+            logging.warning("step %d: non-finite loss or update; the update was skipped", s_step)
+        pending = []
+
+    if jax.process_count() > 1 and hasattr(trainer, "compile_train_step"):
+        # Compile the step first, then start it together on every host (see sync_hosts).
+        batch_abs = {k: jax.ShapeDtypeStruct((cfg.batch_size,) + v.shape[1:], v.dtype,
+                                             sharding=partitioner.batch_sharding()) for k, v in first.items()}
+        with partitioner.context():
+            trainer.compile_train_step(shardings).lower(state, batch_abs).compile()
+        sync_hosts("first_step")
     with _Preemption() as preempt:
         while step < total_steps:
             try:
@@ -202,39 +319,45 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             state, sums = trainer.train_step(state, partitioner.make_global_batch(host_batch, cfg.batch_size), shardings)
             step += 1
             seqs += cfg.batch_size
-            pending.append(sums)
-            if step % stats_period == 0 or step == total_steps or preempt.requested:
-                for s in pending:
-                    acc.add(_to_host(s))
-                pending = []
-                lr = acc.sums.get("learning_rate", 0.0) / max(acc.steps, 1)
-                m = metrics_from_sums(acc.sums, acc.steps)
-                if not np.isfinite(m["loss"]):
-                    manager.wait_until_finished()
-                    last = manager.latest_step()
-                    raise UserError(f"non-finite loss at step {step} (last good checkpoint: "
-                                    f"{'step ' + str(last) if last is not None else 'none'}); "
-                                    "lower the learning rate or check the data")
+            period_steps += 1
+            pending.append((step, sums))
+            stats_due = step % stats_period == 0 or step == total_steps or preempt.requested
+            eval_due = step % eval_period == 0 or step == total_steps
+            save_due = manager.should_save(step, force=step == total_steps or preempt.requested)
+            if stats_due or eval_due or save_due:
+                drain()
+            if stats_due:
                 dt = max(time.time() - t_last, 1e-9)
-                m.update({"learning_rate": lr, "timing/seqs_per_second": seqs / dt,
-                          "timing/steps_per_second": acc.steps / dt})
+                m = {}
+                if acc.steps:
+                    m = metrics_from_sums(acc.sums, acc.steps)
+                    m["learning_rate"] = acc.sums.get("learning_rate", 0.0) / acc.steps
+                m.update({"timing/seqs_per_second": seqs / dt, "timing/steps_per_second": period_steps / dt})
+                if skip_nonfinite:
+                    m["skipped_steps"] = float(period_skipped)
                 train_writer.write(step, m)
                 result["train_metrics"].append({"step": step, **m})
-                progress.update(step, m["loss"])
+                progress.update(step, m.get("loss"))
                 acc.reset()
-                t_last, seqs = time.time(), 0
-            if step % eval_period == 0 or step == total_steps:
+                t_last, seqs, period_steps, period_skipped = time.time(), 0, 0, 0
+            if eval_due:
                 if eval_sets:
                     run_eval(step)
                 if evaluator is not None:
                     result.setdefault("infer_metrics", []).append(
                         {"step": step, **evaluator.evaluate(step, state["params"], shardings["params"])})
-            manager.save(step, state, force=step == total_steps or preempt.requested)
+            if save_due:
+                manager.save(step, state, force=True)
             if preempt.requested:
                 manager.wait_until_finished()
                 progress.message(f"SIGTERM received: saved checkpoint at step {step} in {model_dir}; "
                                  "rerun the same command to continue")
+                result["preempted"] = True
                 break
+    if skipped:
+        progress.message(f"skipped {len(skipped)} steps with a non-finite loss or update "
+                         f"(first: step {skipped[0]}); see 'skipped_steps' in {model_dir}/train")
+    result["skipped_steps"] = skipped
     manager.wait_until_finished()
     manager.close()
     train_writer.close()
@@ -245,8 +368,15 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
     return result
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message and exits; report a bad flag as one UserError line."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see 'synthpre train --help'")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="synthpre train", description=__doc__.split("\n\n")[0])
+    p = _ArgumentParser(prog="synthpre train", description=__doc__.split("\n\n")[0])
     gin_utils.add_gin_flags(p)
     p.add_argument("--tfds_data_dir", default=None, help="TFDS data directory")
     p.add_argument("--multiprocess_gpu", action="store_true", help="initialise jax.distributed for multi-host GPU")
@@ -260,13 +390,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """Orbax logs a failed background write with its traceback before the error reaches us and
+    is reported as one line; keep Orbax's message, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                record.exc_info, record.exc_text = None, None
+                break
+            tb = tb.tb_next
+        return True
+
+
+_NO_LIBRARY_TRACEBACKS = _NoLibraryTracebacks()
+
+
+def _quiet_closed_loop_noise(hook):
+    """After a failed write, TensorStore callbacks may still post to Orbax's closed asyncio loop;
+    Python prints each as an unraisable 'Event loop is closed' traceback. Those say nothing."""
+    def unraisablehook(info):
+        if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+            return
+        hook(info)
+    unraisablehook.quiet_closed_loop = True
+    return unraisablehook
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    if _NO_LIBRARY_TRACEBACKS not in logging.getLogger("absl").filters:
+        logging.getLogger("absl").addFilter(_NO_LIBRARY_TRACEBACKS)
+    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+        sys.unraisablehook = _quiet_closed_loop_noise(sys.unraisablehook)
     from synthpre_jax.partitioning import initialize_distributed
     initialize_distributed(args.multiprocess_gpu, args.coordinator_address, args.process_count,
                            args.process_index, cpu_collectives=args.cpu_collectives)
     if args.tfds_data_dir:
+        if "://" not in args.tfds_data_dir and not os.path.isdir(args.tfds_data_dir):
+            raise UserError(f"--tfds_data_dir {args.tfds_data_dir!r} does not exist; give the directory the "
+                            "TFDS data was prepared in (e.g. by 'synthpre prepare-data TASK --out DIR')")
         import seqio
         seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     _register_configurables()
@@ -276,7 +441,9 @@ def main(argv: list[str]) -> int:
     gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     result = gin_utils.call_configurable(train)
     last = result["train_metrics"][-1] if result["train_metrics"] else {}
-    print(f"done: step {result['step']}" + (f", loss {last['loss']:.4g}" if last else ""))
+    if result.get("preempted"):
+        return PREEMPTED_EXIT_CODE
+    print(f"done: step {result['step']}" + (f", loss {last['loss']:.4g}" if "loss" in last else ""))
     return 0
 
 

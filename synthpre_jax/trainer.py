@@ -32,8 +32,11 @@ class Trainer:
 
     def __init__(self, model: EncoderDecoderModel, partitioner: PjitPartitioner,
                  learning_rate_fn: Callable, num_microbatches: Optional[int] = None,
-                 random_seed: int = 0):
+                 random_seed: int = 0, skip_nonfinite: bool = False):
         self.model = model
+        # True: a step whose loss or update is NaN/inf keeps the old params and optimizer state
+        # (the step counter still advances, so the data position and dropout stay aligned).
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.partitioner = partitioner
         self.learning_rate_fn = learning_rate_fn
         self.num_microbatches = int(num_microbatches or 1)
@@ -124,6 +127,15 @@ class Trainer:
         params = optax.apply_updates(state["params"], updates)
         sums = dict(sums)
         sums["learning_rate"] = self.learning_rate_fn(state["step"])
+        # Non-finite gradients always give a non-finite update (the optimizers here divide by
+        # or scale with them), and the update is what would corrupt the state, so loss + update
+        # are checked. The host reads the flag; checkpoints of flagged states are never written.
+        finite = _all_finite((sums["loss"], updates))
+        sums["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        if self.skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree_util.tree_map(keep, params, state["params"])
+            opt_state = jax.tree_util.tree_map(keep, opt_state, state["opt_state"])
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, sums
 
     def compile_train_step(self, shardings: State) -> Callable:
@@ -145,6 +157,13 @@ class Trainer:
                                       out_shardings=self.partitioner.replicated())
         with self.partitioner.context():
             return self._eval_step(params, batch)
+
+
+def _all_finite(tree: Any) -> jnp.ndarray:
+    """A scalar bool: every floating value in `tree` is finite."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
 def model_info(params: Any, shardings: Any) -> str:

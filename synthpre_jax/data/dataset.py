@@ -84,10 +84,53 @@ def _check(cfg: DatasetConfig) -> None:
         raise UserError("no task given: set MIXTURE_OR_TASK_NAME (e.g. --gin.MIXTURE_OR_TASK_NAME=\"'synthpre_set'\")")
     if not cfg.task_feature_lengths:
         raise UserError("TASK_FEATURE_LENGTHS is not set (e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\")")
+    if not isinstance(cfg.task_feature_lengths, Mapping):
+        raise UserError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 512, 'targets': 512}}, "
+                        f"got {cfg.task_feature_lengths!r}")
     for k in ("inputs", "targets"):
         v = cfg.task_feature_lengths.get(k)
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"TASK_FEATURE_LENGTHS[{k!r}] must be a positive integer, got {v!r}")
+    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise UserError(f"BATCH_SIZE must be a positive integer, got {cfg.batch_size!r}")
+
+
+def check_examples(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1, sample: int = 64) -> None:
+    """Fail early on data that cannot train: an empty split, or a feature length shorter than
+    every sampled example (each one would be cut, e.g. a copy task's targets losing their end).
+
+    Samples the first `sample` examples of this host's shard with the task's preprocessors but
+    no length limit (so a host reads nothing outside its shard). Tasks whose preprocessors need the lengths (span corruption) are not probed; their
+    problems surface from the real pipeline. Cut examples in a mix of lengths are normal
+    (long documents), so only 'all of them' is an error.
+    """
+    import itertools
+
+    import seqio
+    obj = get_task_or_mixture(cfg.mixture_or_task_name)
+    if cfg.split not in obj.splits:
+        raise UserError(f"{cfg.mixture_or_task_name!r} has no split {cfg.split!r}; it has {sorted(obj.splits)}")
+    try:
+        ds = obj.get_dataset(sequence_length=None, split=cfg.split, use_cached=cfg.use_cached,
+                             shuffle=False, num_epochs=1, seed=cfg.seed,
+                             shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards))
+        examples = list(itertools.islice(ds.as_numpy_iterator(), sample))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - not probeable this way; the real pipeline reports
+        logging.debug("example probe of %s skipped: %s", cfg.mixture_or_task_name, e)
+        return
+    if not examples:
+        raise UserError(f"the {cfg.split!r} split of {cfg.mixture_or_task_name!r} is empty; check the task's "
+                        "data source (files, DOWNSTREAM_DATA_DIR, --tfds_data_dir)")
+    features = obj.output_features if isinstance(obj, (seqio.Task, seqio.Mixture)) else {}
+    for name, length in cfg.task_feature_lengths.items():
+        lengths = [len(e[name]) for e in examples if name in e and getattr(e[name], "ndim", 0) == 1]
+        if name in features and lengths and min(lengths) > length:
+            raise UserError(f"TASK_FEATURE_LENGTHS[{name!r}]={length} is too short for "
+                            f"{cfg.mixture_or_task_name!r}: all {len(lengths)} sampled examples are longer "
+                            f"({min(lengths)} to {max(lengths)} tokens with EOS), so every one would be cut; "
+                            f"set it to at least {max(lengths)}")
 
 
 def get_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1,

@@ -1,0 +1,125 @@
+"""nesting_language: a nested-dependency artificial language after Ri & Tsuruoka (ACL 2022).
+
+The authors' generator is not public (spec §1.5), so this is our construction,
+with every parameter configurable:
+
+  * vocabulary: `num_pairs` head/dependent pairs (default 15,999, i.e. every T5
+    id 2..31999: head of rank r is 2+2r, its dependent 3+2r). Ids never use 0
+    (PAD, which `reduce_concat_tokens` strips), 1 (EOS) or the sentinels >= 32000;
+  * heads are Zipf-distributed over ranks: P(rank r) ∝ (r+1)^-zipf_exponent
+    (default 1.0, natural-language-like);
+  * a sentence has `n ~ U{min_pairs..max_pairs}` dependency arcs (default 2..16,
+    so 4..32 tokens). It is written left to right by a stack process: when both
+    are allowed, open a new arc (emit a fresh Zipf head, push it) with
+    probability `open_prob` (default 0.5), else close the innermost open arc
+    (emit the dependent of the head on top of the stack). An arc must open when
+    none is open, must close when `n` arcs were opened or `max_depth` (default
+    8) are open. Arcs therefore nest like brackets, and `open_prob`/`max_depth`
+    set the depth distribution;
+  * an example (one line of the authors' file format) is a document of
+    `sentences_per_example` sentences (default 16) concatenated. Training
+    applies T5 span corruption, which concatenates examples again
+    (`reduce_concat_tokens`) and cuts them to the noising length.
+
+The examples are targets-only sequences (feature "targets").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from synthpre_jax.synthetic.base import SyntheticTask
+from synthpre_jax.synthetic.ragged import ID_DTYPE, Ragged
+from synthpre_jax.synthetic.rng import Draws
+
+
+class NestingLanguageTask(SyntheticTask):
+    task_id = "nesting_language"
+    features = ("targets",)
+    _DEFAULTS = dict(num_pairs=15999, zipf_exponent=1.0, min_pairs=2, max_pairs=16,
+                     open_prob=0.5, max_depth=8, sentences_per_example=16, first_id=2)
+
+    def __init__(self, num_pairs: int = 15999, zipf_exponent: float = 1.0, min_pairs: int = 2,
+                 max_pairs: int = 16, open_prob: float = 0.5, max_depth: int = 8,
+                 sentences_per_example: int = 16, first_id: int = 2, codec=None):
+        if first_id < 2 or first_id + 2 * num_pairs > 32000:
+            raise ValueError("ids must stay within 2..31999 (no PAD/EOS, no sentinels)")
+        if not 1 <= min_pairs <= max_pairs or max_depth < 1 or not 0 < open_prob <= 1:
+            raise ValueError("need 1 <= min_pairs <= max_pairs, max_depth >= 1, 0 < open_prob <= 1")
+        self.num_pairs, self.zipf_exponent = int(num_pairs), float(zipf_exponent)
+        self.min_pairs, self.max_pairs = int(min_pairs), int(max_pairs)
+        self.open_prob, self.max_depth = float(open_prob), int(max_depth)
+        self.sentences_per_example, self.first_id = int(sentences_per_example), int(first_id)
+        weights = np.arange(1, self.num_pairs + 1, dtype=np.float64) ** -self.zipf_exponent
+        self._cdf = np.cumsum(weights) / weights.sum()
+
+    def config(self) -> dict:
+        cur = dict(num_pairs=self.num_pairs, zipf_exponent=self.zipf_exponent,
+                   min_pairs=self.min_pairs, max_pairs=self.max_pairs, open_prob=self.open_prob,
+                   max_depth=self.max_depth, sentences_per_example=self.sentences_per_example,
+                   first_id=self.first_id)
+        return {k: v for k, v in cur.items() if v != self._DEFAULTS[k]}
+
+    def head_ranks(self, u: np.ndarray) -> np.ndarray:
+        """Zipf ranks for uniform numbers u."""
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_pairs - 1)
+
+    def sentences(self, d: Draws, k: int) -> Ragged:
+        """k sentences per row of `d`, all written in lockstep (one NumPy step per position)."""
+        rows = len(d)
+        count = rows * k
+        mp = self.max_pairs
+        span = mp - self.min_pairs + 1
+        u_n = d.sub("pairs").matrix(k).reshape(-1)
+        n = self.min_pairs + np.minimum((u_n * span).astype(np.int64), span - 1)
+        heads = (self.first_id + 2 * self.head_ranks(d.sub("heads").matrix(k * mp))
+                 ).astype(ID_DTYPE).reshape(count, mp)
+        steps = 2 * int(n.max()) if count else 0
+        u = d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp).T  # [position, sentence]
+        stack = np.zeros((count, self.max_depth), dtype=ID_DTYPE)
+        out = np.zeros((count, max(steps, 1)), dtype=ID_DTYPE)
+        depth = np.zeros(count, dtype=np.int64)
+        opened = np.zeros(count, dtype=np.int64)
+        idx = np.arange(count)
+        for t in range(steps):
+            active = 2 * n > t
+            can_open = (opened < n) & (depth < self.max_depth)
+            do_open = active & can_open & ((depth == 0) | (u[t] < self.open_prob))
+            do_close = active & ~do_open
+            o = idx[do_open]
+            h = heads[o, opened[o]]
+            stack[o, depth[o]] = h
+            out[o, t] = h
+            depth[o] += 1
+            opened[o] += 1
+            c = idx[do_close]
+            depth[c] -= 1
+            out[c, t] = stack[c, depth[c]] + 1
+        lengths = 2 * n
+        mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+        return Ragged(out[mask], lengths)
+
+    def sample_rows(self, d: Draws) -> dict:
+        k = self.sentences_per_example
+        sents = self.sentences(d, k)
+        per_example = sents.lengths.reshape(len(d), k).sum(axis=1)
+        return {"targets": Ragged(sents.values, per_example)}
+
+
+def arcs(sentence: np.ndarray, first_id: int = 2) -> list[tuple[int, int]]:
+    """(head position, dependent position) of every arc; raises if brackets do not nest.
+
+    A checker independent of the generator: heads are ids with even offset from
+    `first_id`, and each dependent (head + 1) must close the innermost open head.
+    """
+    stack: list[int] = []
+    out = []
+    for pos, tok in enumerate(np.asarray(sentence).tolist()):
+        if (tok - first_id) % 2 == 0:
+            stack.append(pos)
+        else:
+            if not stack or sentence[stack[-1]] + 1 != tok:
+                raise ValueError(f"token {tok} at {pos} does not close the innermost head")
+            out.append((stack.pop(), pos))
+    if stack:
+        raise ValueError("unclosed heads")
+    return out

@@ -1,0 +1,330 @@
+"""Ragged int32 batches (flat values + row lengths) and the vectorised ops the tasks use.
+
+A block of examples is a dict feature -> `Ragged`. Keeping a block as two flat
+arrays lets the generators work on all examples of a block with a handful of
+NumPy calls instead of a Python loop per token.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ID_DTYPE = np.int32
+
+
+@dataclass
+class Ragged:
+    values: np.ndarray   # int32 [total]
+    lengths: np.ndarray  # int64 [rows]
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=ID_DTYPE)
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+
+    # -- construction ----------------------------------------------------
+    @classmethod
+    def from_rows(cls, rows: Iterable[Sequence[int]]) -> "Ragged":
+        rows = list(rows)
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        if rows and all(isinstance(r, list) for r in rows):  # Python ints: one conversion
+            values = np.array(list(itertools.chain.from_iterable(rows)), dtype=ID_DTYPE)
+        else:
+            parts = [np.asarray(r, dtype=ID_DTYPE).reshape(-1) for r in rows]
+            values = np.concatenate(parts) if parts else np.zeros(0, ID_DTYPE)
+        return cls(values, lengths)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Ragged"]) -> "Ragged":
+        if not parts:
+            return cls(np.zeros(0, ID_DTYPE), np.zeros(0, np.int64))
+        return cls(np.concatenate([p.values for p in parts]),
+                   np.concatenate([p.lengths for p in parts]))
+
+    # -- access ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.offsets[:-1]
+
+    def row_ids(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    def positions(self) -> np.ndarray:
+        """Position of each value inside its row."""
+        return np.arange(len(self.values)) - np.repeat(self.starts, self.lengths)
+
+    def row(self, j: int) -> np.ndarray:
+        off = int(self.lengths[:j].sum())
+        return self.values[off:off + int(self.lengths[j])]
+
+    def rows(self) -> list[np.ndarray]:
+        off = self.offsets.tolist()
+        v = self.values
+        return [v[a:b] for a, b in zip(off[:-1], off[1:])]
+
+    def tolists(self) -> list[list[int]]:
+        flat = self.values.tolist()
+        out, off = [], 0
+        for n in self.lengths.tolist():
+            out.append(flat[off:off + n])
+            off += n
+        return out
+
+    def slice(self, lo: int, hi: int) -> "Ragged":
+        off = self.offsets
+        return Ragged(self.values[off[lo]:off[hi]], self.lengths[lo:hi])
+
+    def select(self, keep: np.ndarray) -> "Ragged":
+        keep = np.asarray(keep, dtype=bool)
+        return Ragged(self.values[np.repeat(keep, self.lengths)], self.lengths[keep])
+
+
+def prepend(r: Ragged, const: Sequence[int]) -> Ragged:
+    """Prefix every row with the same ids (e.g. task prefix + 32099)."""
+    c = len(const)
+    if c == 0:
+        return r
+    n = len(r)
+    new_len = r.lengths + c
+    out = np.empty(int(new_len.sum()), dtype=ID_DTYPE)
+    new_starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(new_len[:-1], out=new_starts[1:])
+    head = (new_starts[:, None] + np.arange(c)).ravel()
+    mask = np.ones(len(out), dtype=bool)
+    mask[head] = False
+    out[head] = np.tile(np.asarray(const, dtype=ID_DTYPE), n)
+    out[mask] = r.values
+    return Ragged(out, new_len)
+
+
+def join(parts: Sequence[Ragged], separators: Sequence[Sequence[int]] = ()) -> Ragged:
+    """Row-wise concatenation: parts[0] sep[0] parts[1] sep[1] ... (same row count)."""
+    pieces = []
+    for k, p in enumerate(parts):
+        pieces.append(p)
+        if k < len(separators) and len(separators[k]):
+            s = np.asarray(separators[k], dtype=ID_DTYPE)
+            pieces.append(Ragged(np.tile(s, len(p)), np.full(len(p), len(s))))
+    lengths = sum(p.lengths for p in pieces)
+    out = np.empty(int(lengths.sum()), dtype=ID_DTYPE)
+    row_start = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=row_start[1:])
+    before = np.zeros(len(lengths), dtype=np.int64)  # length of earlier pieces in the row
+    for p in pieces:
+        out[np.repeat(row_start + before, p.lengths) + p.positions()] = p.values
+        before += p.lengths
+    return Ragged(out, lengths)
+
+
+def shuffle_rows(r: Ragged, d) -> Ragged:
+    """Independent uniform permutation of every row (`d`: a `Draws` stage for these rows)."""
+    keys = d.uniform(r.lengths) + r.row_ids()
+    return Ragged(r.values[np.argsort(keys)], r.lengths)
+
+
+def reverse_rows(r: Ragged) -> Ragged:
+    off = r.offsets
+    idx = np.repeat(off[1:] - 1, r.lengths) - r.positions()
+    return Ragged(r.values[idx], r.lengths)
+
+
+def unique_sorted(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (sort-based; NumPy 2's hash-based `unique` is slower here)."""
+    s = np.sort(a)
+    if len(s) == 0:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def isin_sorted(probe: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """`np.isin` by sorting (NumPy 2's hash-based `isin` is slower on these sizes)."""
+    s = np.sort(keys)
+    if len(s) == 0:
+        return np.zeros(len(probe), dtype=bool)
+    idx = np.minimum(np.searchsorted(s, probe), len(s) - 1)
+    return s[idx] == probe
+
+
+def first_occurrences(key: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first occurrence of each distinct value of `key`."""
+    order = np.argsort(key, kind="stable")
+    s = key[order]
+    keep = np.empty(len(s), dtype=bool)
+    if len(s):
+        keep[0] = True
+        np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return np.sort(order[keep])
+
+
+def fill_empty(r: Ragged, marker: int) -> Ragged:
+    """Rows that are empty become [marker] (the authors' empty-output rule)."""
+    empty = r.lengths == 0
+    if not empty.any():
+        return r
+    lengths = np.where(empty, 1, r.lengths)
+    out = np.empty(int(lengths.sum()), dtype=ID_DTYPE)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    out[starts[empty]] = marker
+    mask = np.ones(len(out), dtype=bool)
+    mask[starts[empty]] = False
+    out[mask] = r.values
+    return Ragged(out, lengths)
+
+
+def split_at_first(r: Ragged, sep: int) -> tuple[Ragged, Ragged]:
+    """Each row -> (before the first `sep`, after it). Every row must contain `sep`."""
+    rows = r.row_ids()
+    hit = np.flatnonzero(r.values == sep)
+    hit_rows, first = np.unique(rows[hit], return_index=True)
+    if len(hit_rows) != len(r):
+        raise ValueError(f"every raw input must contain the separator {sep}")
+    sep_pos = hit[first]
+    starts = r.starts
+    left_len = sep_pos - starts
+    right_len = r.lengths - left_len - 1
+    pos = np.arange(len(r.values))
+    sep_of = np.repeat(sep_pos, r.lengths)
+    left = Ragged(r.values[pos < sep_of], left_len)
+    right = Ragged(r.values[pos > sep_of], right_len)
+    return left, right
+
+
+def partition_counts(d, n: np.ndarray, k: np.ndarray, nonzero: bool) -> np.ndarray:
+    """Flat per-part sizes: row r splits n[r] into k[r] equally likely parts.
+
+    A multinomial with equal probabilities is the histogram of uniform bin
+    choices, which vectorises over rows. With `nonzero`, n-k balls are thrown and
+    every part gets one more (the authors' `_random_partition_no_zeros`).
+    `d` is a `Draws` stage for the rows.
+    """
+    n = np.asarray(n, dtype=np.int64)
+    k = np.asarray(k, dtype=np.int64)
+    balls = n - k if nonzero else n
+    part_start = np.zeros(len(k), dtype=np.int64)
+    np.cumsum(k[:-1], out=part_start[1:])
+    kk = np.repeat(k, balls)
+    bins = (d.uniform(balls) * kk).astype(np.int64)
+    bins = np.minimum(bins, kk - 1) + np.repeat(part_start, balls)
+    counts = np.bincount(bins, minlength=int(k.sum()))
+    return counts + 1 if nonzero else counts
+
+
+class TokenPool:
+    """The symbols a task draws from: T5 ids 2..31999, or a fixed sub-vocabulary."""
+
+    def __init__(self, ids: np.ndarray | None = None):
+        if ids is None:
+            self.lo, self.hi = 2, 32000
+            self.ids = None
+        else:
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            if len(ids) < 1 or ids.min() < 2:
+                raise ValueError("a token pool needs ids >= 2")
+            contiguous = ids[-1] - ids[0] + 1 == len(ids)
+            self.lo, self.hi = (int(ids[0]), int(ids[-1]) + 1) if contiguous else (None, None)
+            self.ids = None if contiguous else ids.astype(ID_DTYPE)
+        self._list: list[int] | None = None
+
+    @classmethod
+    def sub_vocabulary(cls, num_tokens: int, vocab_seed: int = 0) -> "TokenPool":
+        """`num_tokens` ids drawn once from 2..31999 (the copy-ablation sub-vocabulary)."""
+        from synthpre_jax.synthetic.rng import config_generator
+
+        if not 1 <= num_tokens <= 31998:
+            raise ValueError("num_tokens must be in 1..31998")
+        rng = config_generator(vocab_seed, f"sub_vocabulary:{num_tokens}", "vocab")
+        return cls(2 + rng.choice(31998, size=num_tokens, replace=False))
+
+    def __len__(self) -> int:
+        return (self.hi - self.lo) if self.ids is None else len(self.ids)
+
+    def draw(self, d, counts) -> np.ndarray:
+        """counts[r] symbols for every row of the `Draws` stage d (flat)."""
+        j = d.integers(len(self), counts)
+        if self.ids is None:
+            return (j + self.lo).astype(ID_DTYPE)
+        return self.ids[j]
+
+    def pick(self, u: np.ndarray) -> np.ndarray:
+        """Pool symbols for uniform numbers u in [0, 1) (any shape)."""
+        n = len(self)
+        j = np.minimum((u * n).astype(np.int64), n - 1)
+        if self.ids is None:
+            return (j + self.lo).astype(ID_DTYPE)
+        return self.ids[j]
+
+    def as_list(self) -> list[int]:
+        if self._list is None:
+            self._list = (list(range(self.lo, self.hi)) if self.ids is None
+                          else self.ids.tolist())
+        return self._list
+
+    def describe(self) -> str:
+        return f"{self.lo}..{self.hi - 1}" if self.ids is None else f"{len(self.ids)} ids"
+
+
+def append_eos_after_trim(r: Ragged, max_length: int | None, eos_id: int = 1) -> Ragged:
+    """Trim rows to max_length-1 and append EOS (seqio's `append_eos_after_trim`)."""
+    lengths = r.lengths if max_length is None else np.minimum(r.lengths, max_length - 1)
+    keep = r.positions() < np.repeat(lengths, r.lengths)
+    trimmed = Ragged(r.values[keep], lengths)
+    ones = Ragged(np.full(len(r), eos_id, dtype=ID_DTYPE), np.ones(len(r), np.int64))
+    return join([trimmed, ones])
+
+
+def pack_greedy(block: dict, lengths: dict) -> dict:
+    """Pack examples into rows of fixed lengths, in order, like seqio's packing.
+
+    A new row starts when the next example would overflow any feature. Returns
+    int32 arrays [rows, length] for each feature and its `_segment_ids` (1, 2, ...
+    per example, 0 = padding) and `_positions` (position within the example),
+    the features `seqio.PrePackedEncDecFeatureConverter` reads.
+    """
+    feats = list(lengths)
+    n = len(block[feats[0]])
+    lens = {f: np.minimum(block[f].lengths, lengths[f]).tolist() for f in feats}
+    row = np.empty(n, dtype=np.int64)
+    seg = np.empty(n, dtype=np.int64)
+    offs = {f: np.empty(n, dtype=np.int64) for f in feats}
+    used = {f: 0 for f in feats}
+    r, s = 0, 0
+    for j in range(n):
+        if s and any(used[f] + lens[f][j] > lengths[f] for f in feats):
+            r, s = r + 1, 0
+            used = {f: 0 for f in feats}
+        s += 1
+        row[j], seg[j] = r, s
+        for f in feats:
+            offs[f][j] = used[f]
+            used[f] += lens[f][j]
+    rows = r + 1 if n else 0
+    out = {}
+    for f in feats:
+        L = lengths[f]
+        rr = block[f]
+        ln = np.asarray(lens[f], dtype=np.int64)
+        pos = rr.positions()
+        keep = pos < np.repeat(ln, rr.lengths)
+        dest = (np.repeat(row * L + offs[f], rr.lengths) + pos)[keep]
+        for name, vals in ((f, rr.values[keep]),
+                           (f + "_segment_ids", np.repeat(seg, rr.lengths)[keep]),
+                           (f + "_positions", pos[keep])):
+            a = np.zeros(rows * L, dtype=ID_DTYPE)
+            a[dest] = vals
+            out[name] = a.reshape(rows, L)
+    return out
