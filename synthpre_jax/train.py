@@ -187,7 +187,10 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
     cfg = train_dataset_cfg
     data.import_task_modules(cfg.module)
     data._check(cfg)
-    _check_vocabulary(data.get_task_or_mixture(cfg.mixture_or_task_name), model)  # also: unknown name
+    task_obj = data.get_task_or_mixture(cfg.mixture_or_task_name)  # also: unknown name
+    _check_vocabulary(task_obj, model)
+    from synthpre_jax.data import vocab_check
+    vocabs = vocab_check.task_vocabularies(task_obj)
     _check_model(model)
     layout = partitioner.data_layout(cfg.batch_size)
     data.check_examples(cfg, layout.shard_id, layout.num_shards)
@@ -222,6 +225,8 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
                       "assignment_map": [list(a) for a in (restore.assignment_map or [])]}
         if init_cfg is not None:
             from synthpre_jax.init_modes import initialize_params
+            vocab_check.check_checkpoint_matches(getattr(init_cfg, "checkpoint_path", None), vocabs,
+                                                 keeps_embedding=getattr(init_cfg, "mode", None) == "load")
             params, record = initialize_params(params, init_cfg, shardings["params"])
         state = trainer.state_from_params(params, shardings)
         start = 0
@@ -258,6 +263,7 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
         if record is not None:
             with open(os.path.join(model_dir, "init.json"), "w") as f:
                 json.dump(record, f, indent=1, default=str)
+            vocab_check.write(model_dir, vocabs)
             with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
                 f.write(model_info(abstract["params"], shardings["params"]))
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
