@@ -6,8 +6,9 @@ sub-vocabulary of the set operations, and the rejection of raw inputs outside
 `length_range`, which re-draws the whole sampler (including the present/absent
 coin of `search`/`delete`). That rejection is why the authors' data has ~60%
 `yes` for `search` and ~82% query-present for `delete` rather than the coins'
-50%/75% (short absent-query draws overflow 220 tokens and are re-drawn); pass
-`balanced=True` to re-draw within the chosen branch and get 50%/75% exactly.
+50%/75% (short absent-query draws overflow 220 tokens and are re-drawn). The default,
+`balanced=True`, re-draws within the chosen branch so the rates are the specified
+50%/75%; `balanced=False` reproduces the release sampler's skewed rates.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class SimpleTask(SyntheticTask):
     def __init__(self, task_id: str, codec: Optional[Codec] = None,
                  length_range: Sequence[int] = DEFAULT_LENGTH_RANGE,
                  num_tokens: Optional[int] = None, vocab_seed: int = 0,
-                 order: str = "cpython", balanced: bool = False):
+                 order: str = "cpython", balanced: bool = True):
         if task_id not in INTERNAL_NAMES:
             raise ValueError(f"unknown simple task {task_id!r}")
         if order not in ORDERS:
@@ -104,8 +105,8 @@ class SimpleTask(SyntheticTask):
         if self.num_tokens is not None:
             cfg["num_tokens"] = self.num_tokens
             cfg["vocab_seed"] = self.vocab_seed
-        if self.balanced and self.task_id in ("search", "delete"):
-            cfg["balanced"] = True
+        if not self.balanced and self.task_id in ("search", "delete"):
+            cfg["balanced"] = False
         return cfg  # `order` changes targets only, not the random stream
 
     # -- targets -----------------------------------------------------------

@@ -62,17 +62,18 @@ def test_search_yes_rate_matches_the_release_sampler():
     """The coin is 50/50, but absent-query draws overflow 220 tokens more often and are re-drawn."""
     expected = present_rate(0.5)
     assert 0.59 < expected < 0.61
-    got = found_fraction(SimpleTask("search"))
+    got = found_fraction(SimpleTask("search", balanced=False))
     assert abs(got - expected) < 0.02
 
 
 def test_search_balanced_rate():
-    assert abs(found_fraction(SimpleTask("search", balanced=True)) - 0.5) < 0.02
+    """The default: the specified 50% yes."""
+    assert abs(found_fraction(SimpleTask("search")) - 0.5) < 0.02
 
 
 def test_delete_present_rate():
-    assert abs(found_fraction(SimpleTask("delete")) - present_rate(0.75)) < 0.02
-    assert abs(found_fraction(SimpleTask("delete", balanced=True)) - 0.75) < 0.02
+    assert abs(found_fraction(SimpleTask("delete", balanced=False)) - present_rate(0.75)) < 0.02
+    assert abs(found_fraction(SimpleTask("delete")) - 0.75) < 0.02
 
 
 def test_search_targets_agree_with_presence():
