@@ -10,6 +10,7 @@ other load inflates less.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -247,20 +248,27 @@ def xla_cost(compiled: Any) -> dict:
 # The matmul peak
 # ---------------------------------------------------------------------------
 def matmul_peak_fn(n: int, dtype: str, min_seconds: float = 0.5) -> tuple[Callable[[], Any], float]:
-    """(fn, flops): fn runs enough [n,n]@[n,n] products (in `dtype`, jitted, on the default
-    devices) to last about `min_seconds`; flops is what one call of fn computes.
+    """(fn, flops): fn runs enough [n,n]@[n,n] products (in `dtype`, jitted, one per device on
+    every device, as the train step uses them all) to last about `min_seconds`; flops is what
+    one call of fn computes.
 
     This is the same-run "hardware limit" that MFU divides by: what this backend's matmul
     achieves on this machine right now, rather than a datasheet number.
     """
     import jax
     import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     dt = jnp.dtype(dtype)
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+    devices = jax.devices()
+    d = len(devices)  # with several devices each multiplies its own [n, n] block of rows
+    mesh = Mesh(np.asarray(devices), ("data",))
+    rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (d * n, n), jnp.float32).astype(dt), rows)
+    b = jax.device_put(jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt), rep)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=rows)
     def mm(x, y):
         return jnp.dot(x, y, preferred_element_type=dt)
 
@@ -276,7 +284,7 @@ def matmul_peak_fn(n: int, dtype: str, min_seconds: float = 0.5) -> tuple[Callab
             out = mm(a, b)
         return jax.block_until_ready(out)
 
-    return fn, float(2 * n ** 3 * reps)
+    return fn, float(2 * d * n ** 3 * reps)
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Input pipeline against the training step: examples/s, padding, and time spent waiting.
 
     python benchmarks/input_pipeline.py [--tasks synthpre_set,synthpre_identity,synthpre_induct]
-        [--inputs_length 512 --targets_length 512] [--batch 4] [--rounds 3] [--loop_steps 6]
+        [--inputs_length 512 --targets_length 512] [--batch 2] [--rounds 3] [--loop_steps 6]
         [--smoke]
 
 Three measurements, all in one process:
@@ -11,6 +11,10 @@ Three measurements, all in one process:
              numpy iteration), per task; for packed rows an example is a segment. Also the
              non-padding fraction of the tokens (padding waste) and the pipeline's process
              CPU seconds per batch (on a CPU host that is taken from the training step).
+             Without packing, the rows' lengths also give the padding waste: the model FLOPs
+             of batches of --trim_group rows cut to their longest row (rounded up to
+             --trim_bucket), relative to the full feature lengths (same loss; see
+             trim_estimate).
   ratio      for the first task, pulling batches alternates with t5_small train steps on
              real batches of the same shapes (common.interleave): pipeline examples/s over
              the step's consumption in examples/s, median of per-round ratios.
@@ -20,6 +24,7 @@ Three measurements, all in one process:
              counts as waiting only when the previous step had already finished when the
              data arrived (the device sat idle); the fraction is of the loop's wall time.
              The same loop with a block after every step (no overlap) gives an upper bound.
+             Each loop starts after its iterator's first batch (start-up, reported apart).
              The jitted step's compile-cache size before and after shows recompilation.
 
 Writes benchmarks/results/input_pipeline.json (the --smoke run writes input_pipeline_smoke.json).
@@ -60,20 +65,50 @@ def nonpadding(batch: dict) -> tuple[int, int, int, int]:
 
 
 def pipeline_rate(it: Iterator[dict], batches: int) -> dict:
-    """Pull `batches` batches: examples/s, rows/s, CPU s per batch, padding."""
+    """Pull `batches` batches: examples/s, rows/s, CPU s per batch, padding, row lengths."""
+    import numpy as np
     n_ex = 0
     enc_nz = enc_all = tgt_nz = tgt_all = 0
+    lengths: list = []
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(batches):
         b = next(it)
         n_ex += examples_in(b)
         a, b_, c, d = nonpadding(b)
         enc_nz, enc_all, tgt_nz, tgt_all = enc_nz + a, enc_all + b_, tgt_nz + c, tgt_all + d
+        lengths.append(np.stack([(b["encoder_input_tokens"] > 0).sum(1),
+                                 (b["decoder_target_tokens"] > 0).sum(1)], axis=1))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"batches": batches, "examples": n_ex, "wall_s": wall, "cpu_s": cpu,
             "examples_per_s": n_ex / wall, "batches_per_s": batches / wall,
             "cpu_s_per_batch": cpu / batches, "examples_per_row": n_ex / max(batches, 1) / b["decoder_target_tokens"].shape[0],
-            "nonpadding_fraction_inputs": enc_nz / enc_all, "nonpadding_fraction_targets": tgt_nz / tgt_all}
+            "nonpadding_fraction_inputs": enc_nz / enc_all, "nonpadding_fraction_targets": tgt_nz / tgt_all,
+            "_row_lengths": np.concatenate(lengths)}
+
+
+def trim_estimate(row_lengths: Any, cfg: Any, lengths: dict, group: int, bucket: int) -> dict:
+    """What trimming unpacked batches to their longest row would save (the padding waste).
+
+    T5's masks make a padded example's loss and gradients independent of how much padding
+    follows it (tests/test_network.py checks the logits), so a batch of `group` rows cut to
+    its longest row, rounded up to a multiple of `bucket` (a few fixed shapes: few compiles),
+    trains on the same examples with the same per-token loss. Returns the bucketed lengths
+    over the groups of rows seen and the model FLOPs of such a step relative to the full one.
+    """
+    import numpy as np
+    n = (len(row_lengths) // group) * group
+    if n == 0:
+        return {}
+    g = row_lengths[:n].reshape(-1, group, 2).max(axis=1)
+    full = np.array([lengths["inputs"], lengths["targets"]])
+    bucketed = np.minimum(-(-g // bucket) * bucket, full)
+    ratios = [common.train_step_flops(cfg, group, int(a), int(b))["total"] for a, b in bucketed]
+    base = common.train_step_flops(cfg, group, int(full[0]), int(full[1]))["total"]
+    return {"group_rows": group, "bucket": bucket, "groups": int(len(g)),
+            "longest_inputs_max": int(g[:, 0].max()), "longest_targets_max": int(g[:, 1].max()),
+            "bucketed_lengths_median": [float(np.median(bucketed[:, 0])), float(np.median(bucketed[:, 1]))],
+            "flops_fraction_of_full": float(np.mean(ratios) / base),
+            "rows_at_full_length_fraction": float(np.mean(row_lengths[:n] >= full[None, :], axis=0).max())}
 
 
 def training_loop(trainer: Any, partitioner: Any, state: Any, shardings: Any, it: Iterator[dict],
@@ -123,26 +158,31 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--model", default="t5_small")
     p.add_argument("--inputs_length", type=int, default=512)
     p.add_argument("--targets_length", type=int, default=512)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--pipeline_batches", type=int, default=64, help="batches per pipeline measurement")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--pipeline_batches", type=int, default=512, help="batches per pipeline measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternations of pipeline pulls and steps")
     p.add_argument("--loop_steps", type=int, default=6)
     p.add_argument("--stats_period", type=int, default=100, help="as train.py: min(eval_period, 100)")
+    p.add_argument("--trim_group", type=int, default=128, help="rows per batch for the trimming estimate (paper: 128)")
+    p.add_argument("--trim_bucket", type=int, default=128, help="trimmed lengths are rounded up to this")
     p.add_argument("--smoke", action="store_true", help="toy model, tiny task: checks the script runs")
     p.add_argument("--out", default=None)
     gin_utils.add_gin_flags(p)
     args = p.parse_args(gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv)))
     bindings = list(args.gin_bindings)
     if args.smoke:
-        args.tasks, args.model, args.inputs_length, args.targets_length = "synthpre_identity_tiny", "t5_tiny", 32, 32
-        args.batch, args.pipeline_batches, args.rounds, args.loop_steps = 2, 4, 1, 2
-        bindings = [b for b in train_step.SMOKE_BINDINGS if "vocab_size" not in b] + ["DROPOUT_RATE = 0.0"] + bindings
+        args.tasks, args.model, args.inputs_length, args.targets_length = "synthpre_identity_tiny", "t5_tiny", 128, 128
+        args.batch, args.pipeline_batches, args.rounds, args.loop_steps = 2, 8, 1, 2
+        args.trim_group, args.trim_bucket = 4, 32
+        bindings = [b for b in train_step.SMOKE_BINDINGS if "vocab_size" not in b] + bindings
     out = Path(args.out) if args.out else common.RESULTS / (
         "input_pipeline_smoke.json" if args.smoke else "input_pipeline.json")
     import jax
     machine = common.machine_info()
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+
+    model, partitioner, trainer = train_step.build(args.model, bindings + ["network.T5Config.dtype = 'float32'"])
 
     # 1. Pipeline alone, every task, packing off and on.
     pipe_rows = []
@@ -152,13 +192,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
             warm = pipeline_rate(it, 2)  # graph building, validation-key set, first blocks
             r = pipeline_rate(it, args.pipeline_batches)
             r.update({"task": task, "pack": pack, "first_batches_s": warm["wall_s"]})
+            row_lengths = r.pop("_row_lengths")
+            if not pack:
+                r["trim_estimate"] = trim_estimate(row_lengths, model.config, lengths,
+                                                   args.trim_group, args.trim_bucket)
             pipe_rows.append(r)
             common.log(f"[pipeline] {task} pack={pack}: {r['examples_per_s']:.0f} examples/s, "
                        f"non-padding {r['nonpadding_fraction_inputs']:.2f}/{r['nonpadding_fraction_targets']:.2f}")
 
     # 2. The train step on real batches of the first task, alternating with pipeline pulls.
     common.log(f"[train step] {args.model}: building and compiling ...")
-    model, partitioner, trainer = train_step.build(args.model, bindings + ["network.T5Config.dtype = 'float32'"])
     from synthpre_jax.train import _input_shapes
     shapes = _input_shapes(lengths, args.batch, pack=False)
     _, shardings = trainer.abstract_state(shapes)
@@ -192,8 +235,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     loops = []
     for sync in (False, True):
         loop_it = dataset_iter(tasks[0], lengths, args.batch, pack=False, seed=1)
+        t0 = time.perf_counter()
+        next(loop_it)  # start-up (graph building, first blocks) is reported, not steady state
+        startup_s = time.perf_counter() - t0
         box["state"], r = training_loop(trainer, partitioner, box["state"], shardings, loop_it,
                                         args.batch, args.loop_steps, args.stats_period, sync)
+        r["iterator_startup_s"] = startup_s
         loops.append(r)
         common.log(f"[loop sync={sync}] waiting {100 * r['waiting_fraction']:.2f}% of "
                    f"{r['total_s']:.1f}s; data {100 * r['data_fraction']:.2f}%")
@@ -221,6 +268,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         [[r["task"], r["pack"], r["examples_per_s"], r["examples_per_row"], r["nonpadding_fraction_inputs"],
           r["nonpadding_fraction_targets"], r["cpu_s_per_batch"],
           r["examples_per_s"] / (step_eps_med * r["examples_per_row"])] for r in pipe_rows]))
+    trims = [(r["task"], r["trim_estimate"]) for r in pipe_rows if r.get("trim_estimate")]
+    if trims:
+        print(f"\npadding waste without packing: batches of {args.trim_group} rows cut to their longest "
+              f"row (rounded up to {args.trim_bucket}) give the same loss for")
+        print(common.format_table(
+            ["task", "longest inputs", "longest targets", "bucketed lengths (median)", "FLOPs vs full"],
+            [[t, e["longest_inputs_max"], e["longest_targets_max"],
+              "/".join(str(int(x)) for x in e["bucketed_lengths_median"]), e["flops_fraction_of_full"]]
+             for t, e in trims]))
     print(f"pipeline / consumption (interleaved, {tasks[0]}, unpacked): {ratio['median']:.1f}x "
           f"(train step {res['consumption']['train_step_s']['median']:.2f}s = {step_eps_med:.2f} examples/s)")
     for r in loops:

@@ -469,7 +469,9 @@ def main(argv=None) -> int:
             "python": sys.version.split()[0], "numpy": np.__version__,
             "seconds_per_generator": args.seconds, "rounds": args.rounds,
             "pipeline_rows": args.pipeline_rows,
-            "note": "rates are examples per CPU-second of this process"}
+            "note": ("examples per CPU-second: generators on the measuring thread's CPU time "
+                     "(medians of alternating rounds), pipelines on the process's CPU time "
+                     "with TensorFlow limited to one inter-op and one intra-op thread")}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     tmp.replace(out)

@@ -16,13 +16,26 @@ from conftest import REPO, subprocess_env
 BENCH = REPO / "benchmarks"
 
 
-def _run(script: str, tmp_path, *extra: str) -> dict:
-    out = tmp_path / f"{script}.json"
-    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--smoke", f"--out={out}", *extra],
-                          cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=900)
+SCRIPTS = ("train_step", "vs_hf", "input_pipeline")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    """Run every script's main(['--smoke', ...]) in one child process (imports and compiled
+    programs are shared, which keeps this file fast); returns {script: (JSON, stdout)}."""
+    out = tmp_path_factory.mktemp("bench")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib\n"
+            "for name in sys.argv[3:]:\n"
+            "    importlib.import_module(name).main(['--smoke', f'--out={sys.argv[2]}/{name}.json'])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(BENCH), str(out), *SCRIPTS], cwd=REPO,
+                          env=subprocess_env(1), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert f"wrote {out}" in proc.stdout  # the table was printed and the file written
-    return json.loads(out.read_text())
+    results = {}
+    for name in SCRIPTS:
+        path = out / f"{name}.json"
+        assert f"wrote {path}" in proc.stdout  # the table was printed and the file written
+        results[name] = json.loads(path.read_text())
+    return results
 
 
 def _check_machine(m: dict) -> None:
@@ -47,8 +60,25 @@ def test_flop_count_matches_hand_count_for_t5_small():
     assert common.train_step_flops(cfg, 1, 4, 2)["total"] == 3 * f["total"]
 
 
-def test_train_step_smoke(tmp_path):
-    data = _run("train_step", tmp_path)
+def test_trim_estimate_buckets_the_longest_row_of_each_group():
+    """Groups of 2 rows: longest (20, 5) -> buckets (32, 16); longest (4, 4) -> (16, 16)."""
+    import numpy as np
+    sys.path.insert(0, str(BENCH))
+    import common
+    import input_pipeline
+    from synthpre_jax.models.network import T5Config
+    cfg = T5Config(num_encoder_layers=1, num_decoder_layers=1)
+    rows = np.array([[10, 5], [20, 3], [3, 3], [4, 4], [64, 64]])  # the last row is left over
+    est = input_pipeline.trim_estimate(rows, cfg, {"inputs": 64, "targets": 64}, group=2, bucket=16)
+    assert est["groups"] == 2 and est["longest_inputs_max"] == 20 and est["longest_targets_max"] == 5
+    assert est["bucketed_lengths_median"] == [24.0, 16.0]
+    f = lambda a, b: common.train_step_flops(cfg, 2, a, b)["total"]  # noqa: E731
+    assert est["flops_fraction_of_full"] == pytest.approx((f(32, 16) + f(16, 16)) / 2 / f(64, 64))
+    assert est["rows_at_full_length_fraction"] == 0.0
+
+
+def test_train_step_smoke(smoke):
+    data = smoke["train_step"]
     _check_machine(data["machine"])
     (r,) = data["results"]
     assert r["model"] == "t5_tiny" and r["dtype"] == "float32"
@@ -58,12 +88,12 @@ def test_train_step_smoke(tmp_path):
     assert r["xla_cost_analysis"]["flops"] >= 0.9 * r["flops_per_step"]["total"]
     for key in ("steps_per_s", "tokens_per_s", "achieved_flops_per_s"):
         assert r[key] > 0, key
-    assert 0 < r["mfu"]["median"] and r["peak"]["flops_per_s"] > 0
+    assert 0 < r["mfu"]["median"] and 0 < r["mfu_best_rounds"] and r["peak"]["flops_per_s"] > 0
     assert r["tokens_per_step"] == 2 * (8 + 8)
 
 
-def test_vs_hf_smoke(tmp_path):
-    data = _run("vs_hf", tmp_path)
+def test_vs_hf_smoke(smoke):
+    data = smoke["vs_hf"]
     _check_machine(data["machine"])
     r = data["results"]
     assert data["machine"]["torch"].startswith("2.")
@@ -74,8 +104,8 @@ def test_vs_hf_smoke(tmp_path):
     assert "Adafactor" in r["optimizer"]
 
 
-def test_input_pipeline_smoke(tmp_path):
-    data = _run("input_pipeline", tmp_path)
+def test_input_pipeline_smoke(smoke):
+    data = smoke["input_pipeline"]
     _check_machine(data["machine"])
     r = data["results"]
     rows = {row["pack"]: row for row in r["pipeline"]}
@@ -84,6 +114,7 @@ def test_input_pipeline_smoke(tmp_path):
     assert rows[True]["examples_per_row"] > 1.0            # tiny examples pack several per row
     assert rows[True]["nonpadding_fraction_targets"] > rows[False]["nonpadding_fraction_targets"]
     assert r["pipeline_over_consumption"]["median"] > 0
+    assert 0 < rows[False]["trim_estimate"]["flops_fraction_of_full"] <= 1.0
     for loop in r["training_loop"]:
         assert 0.0 <= loop["waiting_fraction"] <= loop["data_fraction"] <= 1.0
         before, after = loop["compile_cache_size"]

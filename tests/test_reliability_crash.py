@@ -7,7 +7,8 @@ The chain (20 steps, a checkpoint every 4, asynchronous checkpointing, dropout o
   2. SIGKILL at a random moment (after a random step line plus a random delay: inside a step,
      between steps or while a checkpoint is written in the background); repeated
      SYNTHPRE_RELIABILITY_KILLS times (default 1);
-  3. SIGTERM at a random step: the run saves at the next step boundary and exits with 0;
+  3. SIGTERM at a random step: the run saves at the next step boundary and exits cleanly with
+     a message (exit code train.PREEMPTED_EXIT_CODE, so wrappers know it was preempted);
   4. the checkpoint SIGTERM saved is then damaged on purpose (a truncated data file): the
      final restart must skip it with a warning, resume from the one before, and finish.
 The reference is the same command run without interruption. Every loss logged by any
@@ -23,11 +24,13 @@ import signal
 from conftest import tiny_train_argv
 
 import test_reliability_support as S
+from synthpre_jax import train as train_mod
 
 STEPS, PERIOD = 20, 4
 EXTRA = S.QUIET + [f"--gin.CHECKPOINT_PERIOD={PERIOD}", "--gin.DROPOUT_RATE=0.1"]
 SEED = int(os.environ.get("SYNTHPRE_RELIABILITY_SEED", "0"))
 RANDOM_KILLS = int(os.environ.get("SYNTHPRE_RELIABILITY_KILLS", "1"))
+PREEMPTED = getattr(train_mod, "PREEMPTED_EXIT_CODE", 0)   # a clean exit that says "preempted"
 
 
 def _losses(model_dir):
@@ -96,7 +99,7 @@ def test_kill_and_preempt_then_restart_is_bit_identical(tmp_path):
     term_after = rng.randint(start + 1, max(start + 1, STEPS - 4))
     assert w.wait_for(rf"^step {term_after}/{STEPS}\b") is not None, w.log()[-3000:]
     w.signal(signal.SIGTERM)
-    assert w.join() == 0, w.log()[-3000:]
+    assert w.join() == PREEMPTED, w.log()[-3000:]
     m = re.search(r"SIGTERM received: saved checkpoint at step (\d+)", w.log())
     assert m, w.log()[-3000:]
     saved = int(m.group(1))

@@ -9,10 +9,12 @@ writes (metrics, config) and a checkpoint's data files.
 An unwritable MODEL_DIR is part of the bad-input matrix (test_reliability_bad_input.py).
 """
 import contextlib
+import os
 import resource
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_train_argv
 
 import test_reliability_support as S
@@ -58,6 +60,7 @@ def test_failing_async_checkpoint_write_stops_cleanly_and_resume_works(tmp_path)
     assert S.tree_digest(run / "checkpoint_4") == before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's closed event loop
 def test_failing_sync_write_raises_user_error_and_keeps_earlier(tmp_path):
     state = {"step": jnp.int32(1), "params": {"w": jnp.asarray(np.arange(40000, dtype=np.float32))}}
     with C.CheckpointManager(str(tmp_path / "run"), C.SaveCheckpointConfig(period=1, async_save=False)) as m:
@@ -74,3 +77,22 @@ def test_failing_sync_write_raises_user_error_and_keeps_earlier(tmp_path):
         assert m.latest_step() == 1
     assert S.tree_digest(tmp_path / "run" / "checkpoint_1") == before
     assert S.checkpoint_listing(tmp_path / "run") == {"checkpoint_1": None}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; the bad-input matrix "
+                                               "covers unwritable MODEL_DIRs that stop root too")
+def test_read_only_model_dir_is_reported_before_training(tmp_path, capsys):
+    import gin
+    from synthpre_jax import cli
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        gin.clear_config()
+        code = cli.main(["train", *tiny_train_argv(parent / "run", 2, extra=S.QUIET)])
+    finally:
+        gin.clear_config()
+        parent.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and "is not writable (Permission denied); choose another directory" in err, err[-2000:]
+    assert list(parent.iterdir()) == []

@@ -106,7 +106,6 @@ def _phase(rec: dict, argv: list, out: Path) -> None:
     print(f"PHASE START {time.time():.1f}", flush=True)
     code = cli.main(["train", *argv])
     print(f"PHASE END {time.time():.1f}", flush=True)
-    time.sleep(0.2)   # let tf.data's prefetch thread settle before the indices are read
     out.write_text(json.dumps({"code": code, "generated": sorted(set(_GENERATED)), **rec}))
     if code:
         sys.exit(code)
