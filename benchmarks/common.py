@@ -17,12 +17,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+SMOKE_DIR = Path(tempfile.gettempdir()) / "synthpre_benchmarks_smoke"  # --smoke output: not results
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -27,7 +27,7 @@ Three measurements, all in one process:
              Each loop starts after its iterator's first batch (start-up, reported apart).
              The jitted step's compile-cache size before and after shows recompilation.
 
-Writes benchmarks/results/input_pipeline.json (the --smoke run writes input_pipeline_smoke.json).
+Writes benchmarks/results/input_pipeline.json (--smoke writes to {tmp}/synthpre_benchmarks_smoke/).
 """
 from __future__ import annotations
 
@@ -175,8 +175,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         args.batch, args.pipeline_batches, args.rounds, args.loop_steps = 2, 8, 1, 2
         args.trim_group, args.trim_bucket = 4, 32
         bindings = [b for b in train_step.SMOKE_BINDINGS if "vocab_size" not in b] + bindings
-    out = Path(args.out) if args.out else common.RESULTS / (
-        "input_pipeline_smoke.json" if args.smoke else "input_pipeline.json")
+    out = Path(args.out) if args.out else (common.SMOKE_DIR / "input_pipeline.json" if args.smoke
+                                               else common.RESULTS / "input_pipeline.json")
     import jax
     machine = common.machine_info()
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}

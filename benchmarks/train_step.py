@@ -21,11 +21,12 @@ about one step; reported are the median of the per-round ratios, the ratio of th
 (least disturbed by other load) and the same ratio in process CPU time. dtype 'auto' is float32 on CPU and bfloat16 (activations; parameters and
 optimizer state stay float32) on GPU/TPU.
 
-Writes benchmarks/results/train_step.json (the --smoke run writes train_step_smoke.json).
+Writes benchmarks/results/train_step.json (--smoke writes to {tmp}/synthpre_benchmarks_smoke/).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,13 @@ def prepare_step(model_name: str, batch: int, inputs_length: int, targets_length
         compiled = lowered.compile()
         jaxpr = jax.make_jaxpr(trainer._train_step_fn)(state, gbatch)
     compile_s = time.perf_counter() - t0
-    return {"model": model, "cfg": cfg, "partitioner": partitioner, "trainer": trainer,
+    hlo = compiled.as_text()
+    entry = hlo[hlo.find("\nENTRY"):]
+    entry = entry[:entry.find("\n}")]
+    # jit prunes unused inputs (e.g. Adafactor's placeholder statistics of unfactored params)
+    used_inputs = len(set(re.findall(r"parameter\((\d+)\)", entry)))
+    return {"donated_buffers_aliased": hlo.split("\n", 1)[0].count("-alias)"),
+            "state_buffers_used": used_inputs - len(gbatch), "model": model, "cfg": cfg, "partitioner": partitioner, "trainer": trainer,
             "state": state, "batch": gbatch, "compiled": compiled, "compile_s": compile_s,
             "jaxpr_dot_flops": common.jaxpr_dot_flops(jaxpr), "xla": common.xla_cost(compiled),
             "n_params": sum(int(x.size) for x in jax.tree_util.tree_leaves(state["params"]))}
@@ -154,6 +161,8 @@ def run_variant(model_name: str, dtype: str, remat: str, args: argparse.Namespac
         "dropout_rate": cfg.dropout_rate, "n_params": prep["n_params"],
         "batch": args.batch, "inputs_length": args.inputs_length, "targets_length": args.targets_length,
         "tokens_per_step": tokens, "compile_s": prep["compile_s"],
+        "donated_buffers_aliased": prep["donated_buffers_aliased"],
+        "state_buffers_used": prep["state_buffers_used"],
         "flops_per_step": flops, "jaxpr_dot_flops_per_step": prep["jaxpr_dot_flops"],
         "xla_cost_analysis": prep["xla"],
         "analytic_over_jaxpr_dots": flops["total"] / max(prep["jaxpr_dot_flops"], 1),
@@ -194,8 +203,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         args.peak_n = args.peak_n or 64
     import jax
     args.peak_n = args.peak_n or (2048 if jax.default_backend() == "cpu" else 8192)
-    out = Path(args.out) if args.out else common.RESULTS / (
-        "train_step_smoke.json" if args.smoke else "train_step.json")
+    out = Path(args.out) if args.out else (common.SMOKE_DIR / "train_step.json" if args.smoke
+                                               else common.RESULTS / "train_step.json")
     machine = common.machine_info()
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

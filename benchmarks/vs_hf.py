@@ -19,7 +19,7 @@ given: the ratio of each side's best round, and of process CPU time per step).
 Before timing, one deterministic forward pass of each checks that both compute the same
 model (mean target cross-entropy; relative difference is reported).
 
-Writes benchmarks/results/vs_hf.json (the --smoke run writes vs_hf_smoke.json).
+Writes benchmarks/results/vs_hf.json (--smoke writes to {tmp}/synthpre_benchmarks_smoke/).
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         args.model, args.batch, args.inputs_length, args.targets_length = "t5_tiny", 2, 8, 8
         args.rounds, args.warmup = 1, 0
         bindings = train_step.SMOKE_BINDINGS + bindings
-    out = Path(args.out) if args.out else common.RESULTS / ("vs_hf_smoke.json" if args.smoke else "vs_hf.json")
+    out = Path(args.out) if args.out else (common.SMOKE_DIR / "vs_hf.json" if args.smoke
+                                               else common.RESULTS / "vs_hf.json")
 
     import jax
     import numpy as np

@@ -90,6 +90,8 @@ def test_train_step_smoke(smoke):
         assert r[key] > 0, key
     assert 0 < r["mfu"]["median"] and 0 < r["mfu_best_rounds"] and r["peak"]["flops_per_s"] > 0
     assert r["tokens_per_step"] == 2 * (8 + 8)
+    # the donated train state is updated in place: every state buffer it reads aliases an output
+    assert r["donated_buffers_aliased"] == r["state_buffers_used"] > 0
 
 
 def test_vs_hf_smoke(smoke):

@@ -143,7 +143,7 @@ CASES = {
                                          r"unknown weight-stats scheme 'per_param_sclae'.*per_param_scale"),
     # --- gin files and bindings
     "gin: unknown task, close match": ("gin", lambda c: c.argv("--gin.MIXTURE_OR_TASK_NAME='toy_cpy'"),
-                                       r"unknown task or mixture 'toy_cpy' \(did you mean 'toy_copy'\?\); register"),
+                                       r"unknown task or mixture 'toy_cpy' \(did you mean 'toy_copy'[^)]*\); register"),
     "gin: unknown mixture, close match": ("gin", lambda c: c.argv("--gin.MIXTURE_OR_TASK_NAME='synthpre_lime_tny'"),
                                           r"unknown task or mixture 'synthpre_lime_tny' \(did you mean 'synthpre_lime_tiny'"),
     "gin: unquoted string": ("gin", lambda c: c.argv("--gin.MIXTURE_OR_TASK_NAME=toy_copy"),

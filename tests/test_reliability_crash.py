@@ -9,7 +9,9 @@ The chain (20 steps, a checkpoint every 4, asynchronous checkpointing, dropout o
      SYNTHPRE_RELIABILITY_KILLS times (default 1);
   3. SIGTERM at a random step: the run saves at the next step boundary and exits cleanly with
      a message (exit code train.PREEMPTED_EXIT_CODE, so wrappers know it was preempted);
-  4. the checkpoint SIGTERM saved is then damaged on purpose (a truncated data file): the
+  4. the restart resumes from the checkpoint SIGTERM saved and is killed while Orbax commits
+     its next periodic checkpoint (exact moment again);
+  5. the checkpoint SIGTERM saved is then damaged on purpose (a truncated data file): the
      final restart must skip it with a warning, resume from the one before, and finish.
 The reference is the same command run without interruption. Every loss logged by any
 attempt must equal the reference's loss at that step, and the final checkpoints must hold
@@ -108,10 +110,18 @@ def test_kill_and_preempt_then_restart_is_bit_identical(tmp_path):
     assert saved in complete and max(complete) == saved, complete
     tried.append(f"SIGTERM after step {term_after} (saved at {saved})")
 
-    # 4. Damage that checkpoint; the restart skips it with a warning and uses the one before.
+    # 4. The restart continues from the SIGTERM checkpoint; kill it while it commits the next one.
+    following = (saved // PERIOD + 1) * PERIOD
+    w = S.start_train(argv, tmp_path / "a4.log", kill_at_commit=f"checkpoint_{following}")
+    assert w.join() == -signal.SIGKILL, w.log()[-3000:]
+    assert _resumed_from(w.log()) == saved, w.log()[-3000:]
+    assert _assert_only_complete_checkpoints(run) == complete
+    tried.append(f"resumed from the SIGTERM checkpoint_{saved}, SIGKILL during commit of checkpoint_{following}")
+
+    # 5. Damage the SIGTERM checkpoint; the restart skips it with a warning and uses the one before.
     _damage(run / f"checkpoint_{saved}")
     previous = max([s for s in complete if s < saved], default=0)
-    w = S.start_train(argv, tmp_path / "a4.log")
+    w = S.start_train(argv, tmp_path / "a5.log")
     assert w.join() == 0, w.log()[-3000:]
     log = w.log()
     assert re.search(rf"skipping damaged checkpoint .*checkpoint_{saved}\b", log), log[-3000:]

@@ -51,6 +51,17 @@ def query_init(head_dim: int) -> Initializer:
     return init
 
 
+def dense(x: Array, kernel: Array) -> Array:
+    """x[..., in] @ kernel[in, out] as one 2-D matmul over the flattened leading axes.
+
+    Same math as einsum('...i,io->...o'). Why flattened: with batch and length kept as two
+    axes, the weight gradient contracts both at once and XLA:CPU materialises a transposed
+    copy of the incoming gradient for it (measured: ~30% of an MLP block's backward time).
+    """
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
 def constrain(x: Array, axes: Sequence[str]) -> Array:
     """Logical sharding constraint; a no-op outside a mesh/rules context."""
     return nn.with_logical_constraint(x, tuple(axes))
@@ -166,7 +177,9 @@ class Embed(nn.Module):
 
     def attend(self, query: Array) -> Array:
         """query @ embedding.T in float32 (T5X's attend_dtype for stability)."""
-        return jnp.einsum("...e,ve->...v", query.astype(jnp.float32), self.embedding)
+        q = query.astype(jnp.float32)
+        logits = jnp.einsum("te,ve->tv", q.reshape(-1, q.shape[-1]), self.embedding)  # see dense()
+        return logits.reshape(q.shape[:-1] + (self.embedding.shape[0],))
 
 
 class LayerNorm(nn.Module):
@@ -274,7 +287,7 @@ class MultiHeadAttention(nn.Module):
             # against the kernel reshaped to [e, h, d] made XLA:CPU copy (transpose) every
             # kernel in every step.
             k = Kernel((x.shape[-1], h * d), ("embed", "joined_kv"), init, name=name)()
-            y = jnp.einsum("ble,ef->blf", x.astype(self.dtype), k.astype(self.dtype))
+            y = dense(x.astype(self.dtype), k.astype(self.dtype))
             y = y.reshape(y.shape[:-1] + (h, d))
             return constrain(y, ("batch", "length", "heads", "kv"))
 
@@ -330,7 +343,7 @@ class MultiHeadAttention(nn.Module):
 
         out = Kernel((h * d, emb), ("joined_kv", "embed"), ATTENTION_INIT, name="out")()
         x = x.reshape(x.shape[:-2] + (h * d,))
-        return jnp.einsum("bqf,fe->bqe", x, out.astype(self.dtype))
+        return dense(x, out.astype(self.dtype))
 
 
 class MlpBlock(nn.Module):
@@ -348,12 +361,12 @@ class MlpBlock(nn.Module):
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             k = Kernel((emb, self.intermediate_dim), ("embed", "mlp"), MLP_INIT, name=name)()
-            hidden.append(activation_fn(act)(jnp.einsum("ble,em->blm", x_in, k.astype(self.dtype))))
+            hidden.append(activation_fn(act)(dense(x_in, k.astype(self.dtype))))
         x = functools.reduce(operator.mul, hidden)
         x = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "mlp"))
         wo = Kernel((self.intermediate_dim, emb), ("mlp", "embed"), MLP_INIT, name="wo")()
-        return jnp.einsum("blm,me->ble", x, wo.astype(self.dtype))
+        return dense(x, wo.astype(self.dtype))
 
 
 # ---------------------------------------------------------------------------

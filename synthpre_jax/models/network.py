@@ -250,7 +250,7 @@ class Decoder(nn.Module):
         else:
             kernel = layers.Kernel((cfg.emb_dim, cfg.vocab_size), ("embed", "vocab"),
                                    layers.MLP_INIT, name="logits_dense")()
-            logits = jnp.einsum("ble,ev->blv", y.astype(jnp.float32), kernel)
+            logits = layers.dense(y.astype(jnp.float32), kernel)
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
 
