@@ -11,6 +11,7 @@ Importing this module registers (idempotently) these tasks:
 | retrosynthesis | release TSV files (USPTO-50K) | 256/256 | 256 | em, f1, top1_accuracy |
 | code_translation | CodeXGLUE java-cs files (or release TSV) | 1024/1024 | 1024 | em, f1, bleu |
 | scan_simple, scan_length | generated (data/scan.py) | 16/64 | 64 | em |
+| scan_simple_words, scan_length_words | the same, word vocabulary (22 ids) | 16/64 | 64 | em |
 
 Nothing here touches the filesystem or the network at import: the data directory is resolved
 when a dataset is built, from the gin macro `DOWNSTREAM_DATA_DIR`
@@ -56,10 +57,13 @@ FEATURE_LENGTHS: Mapping[str, Mapping[str, int]] = {
     "code_translation": {"inputs": 1024, "targets": 1024},
     "scan_simple": {"inputs": 16, "targets": 64},
     "scan_length": {"inputs": 16, "targets": 64},
+    "scan_simple_words": {"inputs": 16, "targets": 64},
+    "scan_length_words": {"inputs": 16, "targets": 64},
 }
 MAX_DECODE_LENGTHS: Mapping[str, int] = {
     "cnndm_10k": 148, "squad_v010_allanswers": 128, "mtop": 128, "webqsp": 256,
     "retrosynthesis": 256, "code_translation": 1024, "scan_simple": 64, "scan_length": 64,
+    "scan_simple_words": 64, "scan_length_words": 64,
 }
 # The split scored by inference eval (decode + metrics); teacher-forced eval uses 'validation'.
 INFER_EVAL_SPLITS: Mapping[str, str] = {
@@ -71,7 +75,7 @@ INFER_EVAL_NUM_EXAMPLES: Mapping[str, int] = {
 }
 PAPER_TASKS = ("cnndm_10k", "squad_v010_allanswers", "mtop", "webqsp", "retrosynthesis", "code_translation")
 FILE_TASKS = ("mtop", "webqsp", "retrosynthesis", "code_translation")
-SCAN_TASKS = ("scan_simple", "scan_length")
+SCAN_TASKS = ("scan_simple", "scan_length", "scan_simple_words", "scan_length_words")
 
 CNNDM_TFDS = "cnn_dailymail:3.4.0"
 SQUAD_TFDS = "squad/v1.1:3.0.0"
@@ -129,6 +133,18 @@ def t5_vocabulary() -> seqio.Vocabulary:
 def offline_vocabulary() -> seqio.Vocabulary:
     from synthpre_jax.data.offline_vocab import get_offline_vocabulary
     return get_offline_vocabulary()
+
+
+@functools.lru_cache(maxsize=None)
+def scan_word_vocabulary() -> seqio.Vocabulary:
+    """SCAN's 13 command words and 6 action words, one id each (pad/eos/unk first: 22 ids).
+
+    The `*_words` SCAN tasks use it so a model needs only a 128-row embedding (see
+    data/word_vocab.py for why that matters on a CPU)."""
+    from synthpre_jax.data import scan
+    from synthpre_jax.data.word_vocab import WordVocabulary
+    commands, actions = scan.vocabulary_words(scan.all_pairs())
+    return WordVocabulary(sorted(commands) + sorted(actions))
 
 
 def _features(vocab: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -277,10 +293,12 @@ def register() -> None:
         _add(task, source=seqio.FunctionDataSource(_file_task_source(task), splits=SPLITS3),
              preprocessors=_tokenize_decoded_targets(), output_features=t5, metric_fns=fns)
     offline = _features(offline_vocabulary())
+    words = _features(scan_word_vocabulary())
     for task, split_name in (("scan_simple", "simple"), ("scan_length", "length")):
-        _add(task, source=seqio.FunctionDataSource(_scan_dataset_fn(split_name), splits=SPLITS3),
-             preprocessors=_tokenize_decoded_targets(), output_features=offline,
-             metric_fns=[metrics.exact_match])
+        for name, features in ((task, offline), (f"{task}_words", words)):
+            _add(name, source=seqio.FunctionDataSource(_scan_dataset_fn(split_name), splits=SPLITS3),
+                 preprocessors=_tokenize_decoded_targets(), output_features=features,
+                 metric_fns=[metrics.exact_match])
 
 
 register()

@@ -45,4 +45,4 @@ def test_paper_grids_plan():
     t3 = experiment.plan(experiment.load_grid(str(EXP / "paper_table3.yaml")))
     assert all(r.kind == "finetune" for r in t3) and len(t3) == 6 * 7
     demo = experiment.plan(experiment.load_grid(str(EXP / "demo.yaml")))
-    assert len(demo) == 9
+    assert len(demo) == 7  # 2 pre-training runs + 5 fine-tuning inits
