@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from synthpre_jax.synthetic.malloc_tuning import tune_malloc
 from synthpre_jax.synthetic.ragged import Ragged
 from synthpre_jax.synthetic.rng import Draws, shard_indices
 
@@ -64,6 +65,7 @@ class SyntheticTask(abc.ABC):
 # -- streams ----------------------------------------------------------------
 def generate(task: SyntheticTask, seed: int, split: str, indices) -> Block:
     """Examples `indices` (any order, any spacing) in one vectorised pass."""
+    tune_malloc()
     return task.sample_rows(Draws.for_examples(seed, split, task.key, indices))
 
 

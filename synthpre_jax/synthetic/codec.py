@@ -29,6 +29,7 @@ Whitespace is normalised like SentencePiece (runs collapse, ends are stripped).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -131,10 +132,11 @@ class FallbackCodec:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        out: list[int] = []
-        for word in text.split():
-            out.extend(self.encode_word(word))
-        return out
+        words = text.split()
+        parts = list(map(self._cache.get, words))  # cached words without a Python call each
+        if None in parts:
+            parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
+        return list(itertools.chain.from_iterable(parts))
 
     def decode(self, ids: Iterable[int]) -> str:
         parts: list[str] = []

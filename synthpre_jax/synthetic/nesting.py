@@ -32,6 +32,10 @@ from synthpre_jax.synthetic.ragged import ID_DTYPE, Ragged
 from synthpre_jax.synthetic.rng import Draws
 
 
+GUIDE_BITS = 16      # head_ranks' guide table: 2^16 buckets of u
+GUIDE_MAX_STEPS = 8  # wider buckets: plain binary search
+
+
 class NestingLanguageTask(SyntheticTask):
     task_id = "nesting_language"
     features = ("targets",)
@@ -60,8 +64,30 @@ class NestingLanguageTask(SyntheticTask):
         return {k: v for k, v in cur.items() if v != self._DEFAULTS[k]}
 
     def head_ranks(self, u: np.ndarray) -> np.ndarray:
-        """Zipf ranks for uniform numbers u."""
-        return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_pairs - 1)
+        """Zipf ranks for uniform numbers u: `searchsorted(cdf, u, side="right")`.
+
+        A binary search per draw over 16k ranks is the slowest step of the task, so a
+        guide table (the ranks at u = b/2^16) narrows each search to the few ranks of
+        u's bucket, then a handful of vectorised compare-and-step passes finish it
+        with the same result. Falls back to `searchsorted` when buckets are wide.
+        """
+        guide = self._guide()
+        if guide is None:
+            return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_pairs - 1)
+        lo, steps, cdf_ext = guide
+        r = lo[(u * float(1 << GUIDE_BITS)).astype(np.int64)]
+        for _ in range(steps):
+            r += cdf_ext[r] <= u
+        return np.minimum(r, self.num_pairs - 1)
+
+    def _guide(self):
+        if not hasattr(self, "_guide_cache"):
+            edges = np.arange((1 << GUIDE_BITS) + 1, dtype=np.float64) / (1 << GUIDE_BITS)
+            pos = np.searchsorted(self._cdf, edges, side="right")
+            steps = int((pos[1:] - pos[:-1]).max())
+            self._guide_cache = None if steps > GUIDE_MAX_STEPS else (
+                pos[:-1].astype(np.int64), steps, np.append(self._cdf, np.inf))
+        return self._guide_cache
 
     def sentences(self, d: Draws, k: int) -> Ragged:
         """k sentences per row of `d`, all written in lockstep (one NumPy step per position)."""
@@ -71,32 +97,57 @@ class NestingLanguageTask(SyntheticTask):
         span = mp - self.min_pairs + 1
         u_n = d.sub("pairs").matrix(k).reshape(-1)
         n = self.min_pairs + np.minimum((u_n * span).astype(np.int64), span - 1)
-        heads = (self.first_id + 2 * self.head_ranks(d.sub("heads").matrix(k * mp))
-                 ).astype(ID_DTYPE).reshape(count, mp)
+        u_heads = d.sub("heads").matrix(k * mp).reshape(count, mp)
+        used = np.arange(mp)[None, :] < n[:, None]   # heads past a sentence's n are never read
+        heads = np.zeros((count, mp), dtype=ID_DTYPE)
+        heads[used] = self.first_id + 2 * self.head_ranks(u_heads[used])
         steps = 2 * int(n.max()) if count else 0
-        u = d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp).T  # [position, sentence]
-        stack = np.zeros((count, self.max_depth), dtype=ID_DTYPE)
-        out = np.zeros((count, max(steps, 1)), dtype=ID_DTYPE)
-        depth = np.zeros(count, dtype=np.int64)
-        opened = np.zeros(count, dtype=np.int64)
-        idx = np.arange(count)
+        # Sentences sorted by length (longest first), so the ones still being written
+        # at position t are a prefix and every step works on array views.
+        perm = np.argsort(-n, kind="stable")
+        ns = n[perm]
+        live = np.searchsorted(-2 * ns, -np.arange(steps), side="left")  # #(2n > t)
+        u = np.ascontiguousarray(
+            d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp)[perm].T)
+        # The loop tracks arcs by their open index k (int32, narrow and cheap); the
+        # stack has a spare column D that takes the writes of sentences that close.
+        D = self.max_depth
+        may_open = u[:steps] < self.open_prob
+        ns32 = ns.astype(np.int32)
+        stack = np.zeros(count * (D + 1), dtype=np.int32)
+        arc = np.zeros((max(steps, 1), count), dtype=np.int32)   # k of the arc at (t, sentence)
+        opens = np.zeros((max(steps, 1), count), dtype=bool)
+        depth = np.zeros(count, dtype=np.int32)
+        opened = np.zeros(count, dtype=np.int32)
+        stack_base = np.arange(count, dtype=np.int32) * np.int32(D + 1)
+        spare = stack_base + np.int32(D)
+        one = np.int32(1)
         for t in range(steps):
-            active = 2 * n > t
-            can_open = (opened < n) & (depth < self.max_depth)
-            do_open = active & can_open & ((depth == 0) | (u[t] < self.open_prob))
-            do_close = active & ~do_open
-            o = idx[do_open]
-            h = heads[o, opened[o]]
-            stack[o, depth[o]] = h
-            out[o, t] = h
-            depth[o] += 1
-            opened[o] += 1
-            c = idx[do_close]
-            depth[c] -= 1
-            out[c, t] = stack[c, depth[c]] + 1
+            m = int(live[t])
+            dp, op = depth[:m], opened[:m]
+            do_open = (op < ns32[:m]) & (dp < D) & ((dp == 0) | may_open[t, :m])
+            top = stack[stack_base[:m] + np.maximum(dp - one, 0)]
+            arc[t, :m] = np.where(do_open, op, top)
+            opens[t, :m] = do_open
+            stack[np.where(do_open, stack_base[:m] + dp, spare[:m])] = op
+            inc = do_open.astype(np.int32)
+            dp += inc
+            dp += inc
+            dp -= one
+            op += inc
+        # Token = the arc's head, +1 where the position closes the arc.
+        arc += (perm * mp).astype(np.int32)[None, :]
+        out = heads.ravel()[arc]
+        out += ~opens
+        # Back to the original sentence order: position t of sorted sentence j goes to
+        # offset[perm[j]] + t.
         lengths = 2 * n
-        mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
-        return Ragged(out[mask], lengths)
+        offset = np.cumsum(lengths) - lengths
+        keep = np.arange(out.shape[0])[:, None] < 2 * ns[None, :]
+        dest = offset[perm][None, :] + np.arange(out.shape[0])[:, None]
+        vals = np.empty(int(lengths.sum()), dtype=ID_DTYPE)
+        vals[dest[keep]] = out[keep]
+        return Ragged(vals, lengths)
 
     def sample_rows(self, d: Draws) -> dict:
         k = self.sentences_per_example

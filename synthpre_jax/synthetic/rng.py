@@ -21,6 +21,7 @@ the same counter-based numbers, prefetched for all examples of a chunk at once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Iterator, Optional, Sequence
 
@@ -47,6 +48,12 @@ def split_id(split: str) -> int:
 def stable_hash(text: str, bits: int = 32) -> int:
     """A hash of `text` that is identical in every process (unlike `hash`)."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:bits // 8], "little")
+
+
+@functools.lru_cache(maxsize=4096)
+def _stage_hash(stage: str) -> np.uint64:
+    """`stable_hash(stage, 64)` (cached: samplers name the same stages for every block)."""
+    return np.uint64(stable_hash(stage, 64))
 
 
 def mix(x: np.ndarray) -> np.ndarray:
@@ -119,7 +126,7 @@ class Draws:
 
     def sub(self, stage: str) -> "Draws":
         with np.errstate(over="ignore"):
-            return Draws(mix(self.keys ^ np.uint64(stable_hash(stage, 64))))
+            return Draws(mix(self.keys ^ _stage_hash(stage)))
 
     def take(self, rows) -> "Draws":
         return Draws(self.keys[np.asarray(rows)])
@@ -181,7 +188,7 @@ class UniformStream:
     __slots__ = ("_key", "_buf", "_pos", "_next")
 
     def __init__(self, key: int, first: Optional[list] = None):
-        self._key = np.array([key], dtype=np.uint64)
+        self._key = key  # a Python int; an array only when more numbers are needed
         self._buf: list[float] = list(first) if first is not None else []
         self._pos = 0
         self._next = len(self._buf)  # counter offset of the next refill
@@ -190,7 +197,7 @@ class UniformStream:
         j = np.arange(self._next + 1, self._next + k + 1, dtype=np.uint64)
         self._next += k
         with np.errstate(over="ignore"):
-            return to_unit(mix(self._key + j * GOLDEN)).tolist()
+            return to_unit(mix(np.uint64(self._key) + j * GOLDEN)).tolist()
 
     def random(self) -> float:
         if self._pos >= len(self._buf):

@@ -40,6 +40,7 @@ SIMPLE_TASK_IDS: tuple[str, ...] = tuple(INTERNAL_NAMES)
 BINARY_TASKS = frozenset({"count", "search", "delete", "sort", "replace", "union",
                           "intersect", "set1_minus_set2", "set2_minus_set1"})
 DEFAULT_LENGTH_RANGE = (10, 220)
+QUERY_ROUNDS_PER_PASS = 4  # search/delete: rejection rounds drawn together
 
 
 def _take_rows(r: Ragged, idx: np.ndarray) -> Ragged:
@@ -191,12 +192,16 @@ class SimpleTask(SyntheticTask):
     def _replace(self, d: Draws) -> Ragged:
         seq = self._uniform(d, self.lo - 3, self.hi - 3)
         n = len(seq)
-        key = seq.row_ids().astype(np.int64) << 32 | seq.values.astype(np.int64)
+        # (row, token) keys; packed into int32 when they fit (a faster sort).
+        vb = max(int(seq.values.max(initial=0)).bit_length(), 1)
+        small = seq.values.min(initial=0) >= 0 and (max(n - 1, 0) << vb) < 2**31
+        dt, shift = (np.int32, vb) if small else (np.int64, 32)
+        key = (seq.row_ids().astype(dt) << dt(shift)) | seq.values.astype(dt)
         uniq = unique_sorted(key)
-        per_row = np.bincount(uniq >> 32, minlength=n)
+        per_row = np.bincount(uniq >> dt(shift), minlength=n)
         start = np.cumsum(per_row) - per_row
         pick = start + d.sub("key").randint(0, per_row - 1)
-        k = (uniq[pick] & 0xFFFFFFFF).astype(ID_DTYPE)
+        k = (uniq[pick] & dt((1 << shift) - 1)).astype(ID_DTYPE)
         v = self._tokens(d.sub("value"), 1)
         kv = Ragged(np.stack([k, v], axis=1).ravel(), np.full(n, 2))
         return join([seq, kv], [[ARG_DIVIDER]])
@@ -238,37 +243,77 @@ class SimpleTask(SyntheticTask):
     # -- search / delete: query present or absent, then length rejection ------
     def _query_task(self, d: Draws, threshold: float) -> Ragged:
         """Each example re-draws (coin included, unless `balanced`) until its raw length
-        is in range: the authors' rejection loop, with the rounds named per example."""
+        is in range: the authors' rejection loop, with the rounds named per example.
+
+        The raw length depends only on a few length draws, so every round draws just
+        those; the tokens are drawn once, for the accepted round of each example
+        (from the same stages as if every round had been drawn in full).
+        """
         n = len(d)
         fixed = d.sub("coin").uniform(1) > threshold if self.balanced else None
-        parts: list = []
+        keys = np.empty(n, dtype=np.uint64)       # the accepted round's `try{k}` keys
+        present = np.empty(n, dtype=bool)
+        lens = np.empty((n, 3), dtype=np.int64)   # present: q, seq_len; absent: rare, seq, q
         pending = np.arange(n)
         attempt = 0
         while len(pending):
-            dd = d.take(pending).sub(f"try{attempt}")
-            present = fixed[pending] if fixed is not None else dd.sub("coin").uniform(1) > threshold
-            cand = self._present_or_absent(dd, present)
-            ok = (cand.lengths >= self.lo) & (cand.lengths <= self.hi)
-            parts.append((pending[ok], cand.select(ok)))
-            pending = pending[~ok]
-            attempt += 1
+            # Rounds attempt..attempt+K-1 of every pending example in one pass (the
+            # draws are per example and round, so batching them changes nothing).
+            K = QUERY_ROUNDS_PER_PASS
+            m = len(pending)
+            sub = d.take(pending)
+            dd = Draws(np.concatenate([sub.sub(f"try{attempt + r}").keys for r in range(K)]))
+            pres = (np.tile(fixed[pending], K) if fixed is not None
+                    else dd.sub("coin").uniform(1) > threshold)
+            raw_len = np.empty(K * m, dtype=np.int64)
+            ln = np.zeros((K * m, 3), dtype=np.int64)
+            p, a = np.flatnonzero(pres), np.flatnonzero(~pres)
+            if len(p):
+                q, seq_len = self._present_lengths(dd.take(p).sub("present"))
+                ln[p, 0], ln[p, 1] = q, seq_len
+                raw_len[p] = seq_len + 1 + q
+            if len(a):
+                rare, seq_len, qlen = self._absent_lengths(dd.take(a).sub("absent"))
+                ln[a, 0], ln[a, 1], ln[a, 2] = rare, seq_len, qlen
+                raw_len[a] = seq_len + 1 + qlen
+            ok = ((raw_len >= self.lo) & (raw_len <= self.hi)).reshape(K, m)
+            first = np.argmax(ok, axis=0)               # the first accepted round
+            got = ok[first, np.arange(m)]
+            pick = (first * m + np.arange(m))[got]
+            done = pending[got]
+            keys[done] = dd.keys[pick]
+            present[done] = pres[pick]
+            lens[done] = ln[pick]
+            pending = pending[~got]
+            attempt += K
+        parts = []
+        p, a = np.flatnonzero(present), np.flatnonzero(~present)
+        if len(p):
+            parts.append((p, self._query_present(Draws(keys[p]).sub("present"),
+                                                 lens[p, 0], lens[p, 1])))
+        if len(a):
+            parts.append((a, self._query_absent(Draws(keys[a]).sub("absent"), lens[a, 0] > 0,
+                                                lens[a, 1], lens[a, 2])))
         return _merge_rows(parts, n)
 
-    def _present_or_absent(self, d: Draws, present: np.ndarray) -> Ragged:
-        p, a = np.flatnonzero(present), np.flatnonzero(~present)
-        parts = []
-        if len(p):
-            parts.append((p, self._query_present(d.take(p).sub("present"))))
-        if len(a):
-            parts.append((a, self._query_absent(d.take(a).sub("absent"))))
-        return _merge_rows(parts, len(present))
-
-    def _query_present(self, d: Draws) -> Ragged:
-        """`generate_at_least_one_query_in_seq_data` with proportion 0.5."""
-        n = len(d)
+    def _present_lengths(self, d: Draws) -> tuple[np.ndarray, np.ndarray]:
         max_total = self.hi - 1
         q = d.sub("qlen").randint(1, max_total // 3)
-        seq_len = d.sub("len").randint(2 * q, max_total - q)
+        return q, d.sub("len").randint(2 * q, max_total - q)
+
+    def _absent_lengths(self, d: Draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = self.lo, self.hi
+        rare = d.sub("rare").uniform(1) < 0.01
+        q_rare = d.sub("qlen_rare").randint(lo + 1, hi)
+        seq_len = np.where(rare, d.sub("len_rare").randint(0, np.maximum(q_rare - 1, 0)),
+                           d.sub("len").randint(lo, hi))
+        qlen = np.where(rare, q_rare, d.sub("qlen").randint(lo, seq_len))
+        return rare, seq_len, qlen
+
+    def _query_present(self, d: Draws, q: np.ndarray, seq_len: np.ndarray) -> Ragged:
+        """`generate_at_least_one_query_in_seq_data` with proportion 0.5 (lengths from
+        `_present_lengths` on the same stage)."""
+        n = len(d)
         occ = d.sub("occ").randint(1, seq_len // q)
         free = seq_len - occ * q
         chunks = partition_counts(d.sub("parts"), free, occ + 1, nonzero=False)
@@ -292,14 +337,10 @@ class SimpleTask(SyntheticTask):
         seq.values[qpos] = query.values[query.starts[qrow] + within]
         return join([seq, query], [[ARG_DIVIDER]])
 
-    def _query_absent(self, d: Draws) -> Ragged:
-        """`generate_no_query_in_seq_data`: the query never occurs in seq."""
-        lo, hi = self.lo, self.hi
-        rare = d.sub("rare").uniform(1) < 0.01
-        q_rare = d.sub("qlen_rare").randint(lo + 1, hi)
-        seq_len = np.where(rare, d.sub("len_rare").randint(0, np.maximum(q_rare - 1, 0)),
-                           d.sub("len").randint(lo, hi))
-        qlen = np.where(rare, q_rare, d.sub("qlen").randint(lo, seq_len))
+    def _query_absent(self, d: Draws, rare: np.ndarray, seq_len: np.ndarray,
+                      qlen: np.ndarray) -> Ragged:
+        """`generate_no_query_in_seq_data`: the query never occurs in seq (lengths from
+        `_absent_lengths` on the same stage)."""
         seq = Ragged(self._tokens(d.sub("tok"), seq_len), seq_len)
         query = Ragged(self._tokens(d.sub("query"), qlen), qlen)
         suspect = _may_contain(seq, query) & ~rare

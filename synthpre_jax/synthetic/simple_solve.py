@@ -16,12 +16,15 @@ import numpy as np
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
 from synthpre_jax.synthetic.pyset import native_matches_emulation, set_operation_lists
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_occurrences, reverse_rows,
-                                           split_at_first)
+                                           split_at_first, stable_sort_index)
 
 TASK_DIVIDER = 32099   # <extra_id_0>: task prefix | task input
 WORD_DIVIDER = 32098   # <extra_id_1>: between words (longest_word)
 ARG_DIVIDER = 32097    # <extra_id_2>: between the two arguments of binary tasks
 EMPTY_OUTPUT = 32096   # <extra_id_3>: the whole target when the result is empty
+
+
+NUMBER_TABLE_MAX = 1 << 16  # larger numbers are encoded one by one
 
 
 class TargetVocab:
@@ -32,6 +35,7 @@ class TargetVocab:
         self.yes = list(codec.encode("yes"))
         self.no = list(codec.encode("no"))
         self._numbers: dict[int, list[int]] = {}
+        self._table: tuple | None = None  # numbers 0..N-1 as (values, lengths, starts)
 
     def number(self, n: int) -> list[int]:
         """SPM.encode(str(n)) without a leading lone "▁" (the authors' rule)."""
@@ -41,7 +45,22 @@ class TargetVocab:
         return ids
 
     def numbers(self, ns: np.ndarray) -> Ragged:
-        return Ragged.from_rows([self.number(n) for n in np.asarray(ns).tolist()])
+        """`number(n)` for every n, gathered from a cached table of 0..max(ns)."""
+        ns = np.asarray(ns, dtype=np.int64).reshape(-1)
+        if len(ns) == 0:
+            return Ragged(np.zeros(0, ID_DTYPE), np.zeros(0, np.int64))
+        top = int(ns.max())
+        if ns.min() < 0 or top >= NUMBER_TABLE_MAX:
+            return Ragged.from_rows([list(self.number(n)) for n in ns.tolist()])
+        if self._table is None or len(self._table[1]) <= top:
+            size = max(top + 1, 512)
+            rows = [self.number(n) for n in range(size)]
+            tab = Ragged.from_rows(rows)
+            self._table = (tab.values, tab.lengths, tab.starts)
+        vals, lens, starts = self._table
+        ln = lens[ns]
+        flat = np.repeat(starts[ns] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+        return Ragged(vals[flat], ln)
 
 
 def find_sublist(seq: np.ndarray, query: np.ndarray) -> int:
@@ -63,11 +82,6 @@ def find_sublist(seq: np.ndarray, query: np.ndarray) -> int:
         if j % 4 == 0:
             return j // 4
         start = j + 1
-
-
-def _per_row(left: Ragged, right: Ragged, fn: Callable) -> Ragged:
-    lrows, rrows = left.rows(), right.rows()
-    return Ragged.from_rows([fn(a, b) for a, b in zip(lrows, rrows)])
 
 
 # -- unary ------------------------------------------------------------------
@@ -142,41 +156,102 @@ def solve_count(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     return tv.numbers(np.bincount(seq.row_ids()[hits], minlength=len(raw)))
 
 
+FIND_WORK_LIMIT = 1 << 22  # token comparisons per block before `find_rows` goes per row
+
+
+def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
+    """`find_sublist(seq_r, query_r)` for every row r, vectorised over the block.
+
+    Candidate starts are the positions holding the query's first token with room
+    for the whole query; every candidate is compared in full, and a row's answer
+    is its first matching candidate. Inputs with very many candidates (e.g. long
+    runs of one token) are searched row by row instead.
+    """
+    n = len(seq)
+    qlen, slen = query.lengths, seq.lengths
+    out = np.full(n, -1, dtype=np.int64)
+    out[qlen == 0] = 0
+    srow = seq.row_ids()
+    spos = seq.positions()
+    has_q = qlen > 0
+    qfirst = np.zeros(n, dtype=ID_DTYPE)
+    qfirst[has_q] = query.values[query.starts[has_q]]
+    ql_of = qlen[srow]
+    cand = np.flatnonzero((seq.values == qfirst[srow]) & (ql_of > 0)
+                          & (spos + ql_of <= slen[srow]))
+    crow = srow[cand]
+    cl = qlen[crow]
+    work = int(cl.sum())
+    if work > FIND_WORK_LIMIT:
+        return np.array([find_sublist(s, q) for s, q in zip(seq.rows(), query.rows())],
+                        dtype=np.int64)
+    if not len(cand):
+        return out
+    j = np.arange(work) - np.repeat(np.cumsum(cl) - cl, cl)
+    eq = seq.values[np.repeat(cand, cl) + j] == query.values[np.repeat(query.starts[crow], cl) + j]
+    bad = np.bincount(np.repeat(np.arange(len(cand)), cl)[~eq], minlength=len(cand))
+    hit = np.flatnonzero(bad == 0)           # matching candidates, row-major
+    hrow = crow[hit]
+    first = np.ones(len(hit), dtype=bool)
+    first[1:] = hrow[1:] != hrow[:-1]
+    out[hrow[first]] = spos[cand[hit[first]]]
+    return out
+
+
 def solve_search(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     seq, query = split_at_first(raw, ARG_DIVIDER)
-    return _per_row(seq, query, lambda s, q: tv.yes if find_sublist(s, q) >= 0 else tv.no)
+    found = find_rows(seq, query) >= 0
+    yes, no = np.asarray(tv.yes, dtype=ID_DTYPE), np.asarray(tv.no, dtype=ID_DTYPE)
+    ln = np.where(found, len(yes), len(no))
+    vals = np.empty(int(ln.sum()), dtype=ID_DTYPE)
+    pos = np.arange(len(vals)) - np.repeat(np.cumsum(ln) - ln, ln)
+    f = np.repeat(found, ln)
+    if len(yes):
+        vals[f] = yes[pos[f]]
+    if len(no):
+        vals[~f] = no[pos[~f]]
+    return Ragged(vals, ln)
 
 
 def solve_delete(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     seq, query = split_at_first(raw, ARG_DIVIDER)
-
-    def one(s: np.ndarray, q: np.ndarray) -> np.ndarray:
-        i = find_sublist(s, q)
-        return s if i < 0 else np.concatenate([s[:i], s[i + len(q):]])
-
-    return _per_row(seq, query, one)
+    at = find_rows(seq, query)
+    srow = seq.row_ids()
+    start = at[srow]
+    pos = seq.positions()
+    keep = (start < 0) | (pos < start) | (pos >= start + query.lengths[srow])
+    return Ragged(seq.values[keep], np.bincount(srow[keep], minlength=len(seq)))
 
 
 def solve_sort(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
-    """seq stably sorted by each token's (last) index in `order`."""
+    """seq stably sorted by each token's (last) index in `order`.
+
+    Tokens of equal rank are equal, so the target is every order entry repeated as
+    many times as seq has tokens whose last order occurrence it is. One sort of the
+    order and seq tokens together by (row, token, order-before-seq) puts each seq
+    token right after the order entries of its token, the last of which it counts for.
+    """
     seq, ordr = split_at_first(raw, ARG_DIVIDER)
-    okey = ordr.row_ids().astype(np.int64) << 32 | ordr.values.astype(np.int64)
-    # Last index of each (row, token) in order: the last entry of each run of a
-    # stable sort of the keys.
-    perm = np.argsort(okey, kind="stable")
-    s = okey[perm]
-    last = np.ones(len(s), dtype=bool)
-    if len(s):
-        np.not_equal(s[1:], s[:-1], out=last[:-1])
-    ukey = s[last]
-    last_pos = ordr.positions()[perm[last]]
-    skey = seq.row_ids().astype(np.int64) << 32 | seq.values.astype(np.int64)
-    at = np.searchsorted(ukey, skey)
-    if len(skey) and (at.max() >= len(ukey) or (ukey[np.minimum(at, len(ukey) - 1)] != skey).any()):
+    n_o, n_s = len(ordr.values), len(seq.values)
+    if n_s == 0:
+        return Ragged(seq.values.copy(), seq.lengths)
+    rows = np.concatenate([ordr.row_ids(), seq.row_ids()]).astype(np.int64)
+    vals = np.concatenate([ordr.values, seq.values]).astype(np.int64)
+    if vals.min() < 0:
+        raise ValueError("sort: token ids must be non-negative")
+    vb = max(int(vals.max()).bit_length(), 1)
+    key = (((rows << vb) | vals) << 1)
+    key[n_o:] |= 1
+    skey, idx = stable_sort_index(key)
+    # For every sorted entry, the sorted position of the latest order entry so far.
+    is_o = (skey & 1) == 0
+    latest = np.where(is_o, np.arange(len(skey)), -1)
+    np.maximum.accumulate(latest, out=latest)
+    src = latest[~is_o]
+    if (src < 0).any() or ((skey[np.maximum(src, 0)] >> 1) != (skey[~is_o] >> 1)).any():
         raise ValueError("sort: every token of seq must appear in order")
-    rank = last_pos[at] if len(skey) else np.zeros(0, np.int64)
-    perm = np.lexsort((rank, seq.row_ids()))  # stable: ties keep input order
-    return Ragged(seq.values[perm], seq.lengths)
+    counts = np.bincount(idx[src], minlength=n_o)
+    return Ragged(np.repeat(ordr.values, counts), seq.lengths)
 
 
 def solve_replace(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
