@@ -2,7 +2,7 @@
 
     synthpre eval --gin_file=models/t5_small.gin --gin_file=runs/eval.gin \
       --gin.MIXTURE_OR_TASK_NAME="'mtop'" --gin.TASK_FEATURE_LENGTHS="{'inputs': 1024, 'targets': 128}" \
-      --gin.CHECKPOINT_PATH="'/runs/mtop'" --gin.EVAL_OUTPUT_DIR="'/runs/mtop/eval_test'"
+      --gin.CHECKPOINT_PATH="'runs/mtop'" --gin.EVAL_OUTPUT_DIR="'runs/mtop/eval_test'"
 
 CHECKPOINT_PATH is one checkpoint (an Orbax `checkpoint_<step>` dir, a legacy T5X checkpoint,
 a Hugging Face T5 dir) or a directory of `checkpoint_<step>` dirs: every complete one is

@@ -3,9 +3,9 @@
     # a task split (INFER_SPLIT, default: the task's inference split)
     synthpre infer --gin_file=models/t5_small.gin --gin_file=runs/infer.gin \
       --gin.MIXTURE_OR_TASK_NAME="'mtop'" --gin.TASK_FEATURE_LENGTHS="{'inputs': 1024, 'targets': 128}" \
-      --gin.CHECKPOINT_PATH="'/runs/mtop/checkpoint_30000'" --gin.INFER_OUTPUT_DIR="'/tmp/preds'"
+      --gin.CHECKPOINT_PATH="'runs/mtop/checkpoint_30000'" --gin.INFER_OUTPUT_DIR="'preds'"
     # a text file, one input a line, tokenized with the task's input vocabulary
-    ... --gin.INPUT_FILE="'/tmp/questions.txt'"
+    ... --gin.INPUT_FILE="'questions.txt'"
 
 Output: INFER_OUTPUT_DIR/<task>-<step:06d>.jsonl (a split) or <file stem>-<step:06d>.jsonl (a
 file), one JSON object per example in input order: {"index", "inputs", "prediction",

@@ -1,7 +1,7 @@
 """`python -m synthpre_jax.train` / `synthpre train`: T5X's train.py flags and behaviour.
 
     synthpre train --gin_file=models/t5_small.gin --gin_file=runs/pretrain.gin \
-      --gin.MIXTURE_OR_TASK_NAME="'synthpre_set'" --gin.MODEL_DIR="'/tmp/set'" --gin.TRAIN_STEPS=80000
+      --gin.MIXTURE_OR_TASK_NAME="'synthpre_set'" --gin.MODEL_DIR="'runs/set'" --gin.TRAIN_STEPS=80000
 
 Rerunning the same command resumes from the latest checkpoint in MODEL_DIR, data included:
 the data stream is deterministic, so step s continues at batch s.

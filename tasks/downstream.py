@@ -15,7 +15,7 @@ Importing this module registers (idempotently) these tasks:
 
 Nothing here touches the filesystem or the network at import: the data directory is resolved
 when a dataset is built, from the gin macro `DOWNSTREAM_DATA_DIR`
-(`--gin.DOWNSTREAM_DATA_DIR="'/data/downstream'"`), else the environment variable of the same
+(`--gin.DOWNSTREAM_DATA_DIR="'downstream_data'"`), else the environment variable of the same
 name. Each file-backed task reads `<DOWNSTREAM_DATA_DIR>/<task>/` (as written by
 `synthpre prepare-data TASK --out DIR`) or, for a copy of the authors' bucket,
 `<DOWNSTREAM_DATA_DIR>/finetuning_data/<task>/`. The CNN/DM subset is chosen by the file named

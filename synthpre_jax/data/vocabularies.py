@@ -153,7 +153,7 @@ class T5Vocabulary(seqio.Vocabulary):
             return v.codec
         return codec_lib.SentencePieceCodec(v.tokenizer)
 
-    # -- delegation ----------------------------------------------------------
+    # -- delegation (seqio's public encode/decode/encode_tf/decode_tf go through these) ---
     @property
     def eos_id(self):
         return self.resolve().eos_id
@@ -189,18 +189,6 @@ class T5Vocabulary(seqio.Vocabulary):
 
     def _decode_tf(self, ids):
         return self.resolve()._decode_tf(ids)
-
-    def encode(self, s):
-        return self.resolve().encode(s)
-
-    def decode(self, ids):
-        return self.resolve().decode(ids)
-
-    def encode_tf(self, s):
-        return self.resolve().encode_tf(s)
-
-    def decode_tf(self, ids):
-        return self.resolve().decode_tf(ids)
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, T5Vocabulary) and other._path == self._path
