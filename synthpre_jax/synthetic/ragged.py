@@ -140,11 +140,11 @@ def shuffle_rows(r: Ragged, d) -> Ragged:
 def sorted_order(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """`np.argsort(u + rows)` for u in [0, 1) and ascending int row ids, faster.
 
-    A float argsort is slower than `np.sort` of int64, so the order comes from a
-    sort of `row | top bits of u | position` packed into one int64. When the float
-    keys `u + rows` are strictly increasing in that order, it is their unique
-    sorted order, i.e. what `np.argsort` returns; otherwise (ties, which need
-    nearly coinciding random numbers) `np.argsort` itself is used.
+    A float argsort is slower than `np.sort` of int64, so the order comes from
+    `stable_sort_index` of the int key `row | top bits of u`. When the float keys
+    `u + rows` are strictly increasing in that order, it is their unique sorted
+    order, i.e. what `np.argsort` returns; otherwise (ties, which need nearly
+    coinciding random numbers) `np.argsort` itself is used.
     """
     keys = u + rows
     n = len(u)
@@ -154,16 +154,13 @@ def sorted_order(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     ub = 63 - ib - max(int(rows[-1]).bit_length(), 1)
     if ub < 24:
         return np.argsort(keys)
-    packed = (u * float(1 << ub)).astype(np.int64)  # floor(u * 2^ub), monotone in u
-    packed |= rows.astype(np.int64) << ub
-    packed <<= ib
-    packed |= np.arange(n, dtype=np.int64)
-    packed.sort()
-    packed &= (1 << ib) - 1
-    k = keys[packed]
+    composite = (u * float(1 << ub)).astype(np.int64)  # floor(u * 2^ub), monotone in u
+    composite |= rows.astype(np.int64) << ub
+    _, order = stable_sort_index(composite)
+    k = keys[order]
     if not (k[1:] > k[:-1]).all():
         return np.argsort(keys)
-    return packed
+    return order
 
 
 def reverse_rows(r: Ragged) -> Ragged:
