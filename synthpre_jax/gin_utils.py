@@ -148,7 +148,6 @@ def call_configurable(fn, *args, **kwargs):
     except (TypeError, ValueError) as e:
         text = str(e)
         if "Required bindings" in text or "gin.REQUIRED" in text or "REQUIRED" in text:
-            missing = re.findall(r"\['([^\]]+)'\]", text)
             raise UserError(f"a required setting is missing: {_short(e)} "
                             "(set the macro, e.g. --gin.MODEL_DIR=\"'/path'\")") from None
         if "No configurable matching" in text or "isn't a parameter" in text or "not a parameter" in text:

@@ -1,5 +1,6 @@
 """Shared test set-up: the repo root and tests/ on sys.path, quiet TensorFlow, tiny gin runs."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,12 +16,28 @@ for p in (str(REPO), str(TESTS)):
 
 
 def subprocess_env(num_devices: int = 1) -> dict:
-    """Environment for a child python that must see `num_devices` simulated CPU devices."""
+    """Environment for a child python that must see `num_devices` simulated CPU devices.
+
+    Children with several devices do not use the persistent compilation cache: an 8-device
+    XLA:CPU executable with collectives that is *loaded from* that cache (jax 0.10.2)
+    deadlocks in a rendezvous and aborts after 40 s ("Termination timeout for `all reduce
+    ...`"), every time, while the same program compiled in the process runs fine.
+    """
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"
+    if num_devices > 1:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
+
+
+def run_simulated_devices(args: list, num_devices: int, *, timeout: int = 600,
+                          **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run(args)` in a child that sees `num_devices` simulated CPU devices."""
+    kwargs.setdefault("cwd", REPO)
+    return subprocess.run(args, env=subprocess_env(num_devices), capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
 
 
 TINY_BINDINGS = [

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import subprocess_env
+from conftest import run_simulated_devices, subprocess_env
 
 from synthpre_jax import checkpoints as C
 from synthpre_jax.checkpoint_utils import checkpoint_problem, tree_paths
@@ -373,8 +373,7 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_restore_into_8_devices_4x2_mesh(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "run")], env=subprocess_env(8),
-                          capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    proc = run_simulated_devices([sys.executable, "-c", _SHARDED, str(tmp_path / "run")], 8, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT"):])

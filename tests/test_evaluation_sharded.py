@@ -1,13 +1,12 @@
 """Inference eval on a 2x2 mesh of 4 simulated CPU devices (parameters sharded over 'model',
 batches over 'data', a padded last batch) gives the predictions and metrics of one device."""
 import json
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_simulated_devices
 
 SCRIPT = textwrap.dedent(r'''
     import json, os, sys, tempfile
@@ -43,8 +42,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_sharded_inference_eval_equals_single_device():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=subprocess_env(4),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_simulated_devices([sys.executable, "-c", SCRIPT], 4)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
     one, mesh = res["1"], res["2x2"]

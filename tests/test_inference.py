@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_simulated_devices
 from synthpre_jax.errors import UserError
 from synthpre_jax.models import decoding, inference, network
 
@@ -283,8 +282,7 @@ SHARDED = textwrap.dedent(r'''
 
 
 def test_sharded_decode_equals_single_device():
-    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=subprocess_env(8),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_simulated_devices([sys.executable, "-c", SHARDED], 8)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
     ref = res["1"]

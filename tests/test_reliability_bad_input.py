@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import gin
-import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
@@ -344,7 +343,7 @@ def eight_device_worker(log_path, cases, root, out_path):
         try:
             gin.clear_config()
             code = cli.main(["train", *tiny_train_argv(model_dir, 2, extra=list(S.QUIET) + list(extra))])
-        except BaseException as e:  # noqa: BLE001 - reported as the case's failure
+        except BaseException:  # noqa: BLE001 - reported as the case's failure
             import traceback
             code, _ = 1, traceback.print_exc(file=err)
         finally:

@@ -17,7 +17,6 @@ with a per-host batch of 8 the global batch at every step is the same for any nu
 """
 import hashlib
 import json
-import os
 import socket
 import sys
 import time

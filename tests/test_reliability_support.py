@@ -45,6 +45,8 @@ def start_devices(num_devices: int) -> None:
     """Give this (fresh) process `num_devices` simulated CPU devices; call before any JAX work."""
     import jax
     jax.config.update("jax_num_cpu_devices", int(num_devices))
+    if num_devices > 1:  # see conftest.subprocess_env: cached multi-device executables deadlock
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def _kill_self_at_commit(step_dir_name: str, after_rename: bool) -> None:

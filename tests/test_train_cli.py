@@ -5,7 +5,7 @@ import os
 import gin
 import pytest
 
-from conftest import TINY_BINDINGS, tiny_train_argv
+from conftest import tiny_train_argv
 from synthpre_jax import cli
 
 

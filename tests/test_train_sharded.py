@@ -2,11 +2,10 @@
 devices on a 4x2 and a 2x4 ('data', 'model') mesh give the losses of 1 device (1e-5 relative),
 and the parameters really are sharded over 'model'."""
 import json
-import subprocess
 import sys
 import textwrap
 
-from conftest import REPO, subprocess_env
+from conftest import run_simulated_devices
 
 SCRIPT = textwrap.dedent(r'''
     import json, sys, tempfile
@@ -16,7 +15,7 @@ SCRIPT = textwrap.dedent(r'''
     from synthpre_jax.partitioning import PjitPartitioner
     assert jax.device_count() == 8, jax.devices()
     out = {}
-    for data, model, micro in [(1, 1, 1), (4, 2, 1), (2, 4, 1), (1, 1, 2), (4, 2, 2)]:
+    for data, model, micro in json.loads(sys.argv[1]):
         gin.clear_config()
         d = tempfile.mkdtemp()
         extra = ["--gin.train.stats_period=1", "--gin.EVAL_PERIOD=1000", "--gin.EVAL_STEPS=1",
@@ -43,8 +42,8 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_sharded_equals_single_device():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=subprocess_env(8),
-                          capture_output=True, text=True, timeout=600)
+    configs = [(1, 1, 1), (4, 2, 1), (2, 4, 1), (1, 1, 2), (4, 2, 2)]
+    proc = run_simulated_devices([sys.executable, "-c", SCRIPT, json.dumps(configs)], 8)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     # microbatches draw their own dropout masks, so they are compared with 1 device + microbatches

@@ -1,5 +1,4 @@
 """A checkpoint's embedding is only reused under the vocabulary it was trained with."""
-import json
 
 import pytest
 

@@ -7,14 +7,13 @@ one device; the draws must be bit-identical.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_simulated_devices
 from test_weight_stats import flat, make_trees
 from synthpre_jax import weight_stats as ws
 
@@ -80,8 +79,7 @@ def child(tmp_path_factory):
     source, _ = make_trees(seed=21)
     ckpt = checkpoints.save_params_checkpoint(str(tmp / "src"), source)
     out = tmp / "child.npz"
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), ckpt, ",".join(SCHEMES)],
-                          env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+    proc = run_simulated_devices([sys.executable, "-c", CHILD, str(out), ckpt, ",".join(SCHEMES)], 8)
     assert proc.returncode == 0 and "child ok" in proc.stdout, proc.stderr[-3000:]
     with np.load(out) as z:
         return {k: z[k] for k in z.files}, ckpt
