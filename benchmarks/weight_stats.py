@@ -9,11 +9,13 @@ Tree: T5 1.0 base shapes (12+12 layers, d_model 768, 12 heads x 64, d_ff 3072, v
 Measured, in the same process:
   floor      the memory-bandwidth floor: NumPy copies of every tensor of the tree into
              preallocated buffers (read and write every byte once), best of `--repeats`;
-  rng        jax.random.normal into every resampled tensor's shape (the draws alone,
-             compiled), best of `--repeats`: what sampling costs before any statistics;
+  rng        the draws alone (compiled) into every resampled tensor's shape, best of
+             `--repeats`: `counter_rng` (what the transform uses) and threefry
+             (`jax.random.normal`, what it used before) for comparison;
   first      one transform including compilation;
-  steady     the transform once compiled (best of `--repeats`), split into the statistics
-             (two exact-sum passes) and the sampling;
+  steady     the transform once compiled (best of `--repeats`), as the CLI and fine-tuning
+             run it (fresh tree donated), split into the statistics (exact-sum passes)
+             and the sampling; `keep` the same without donating (new output buffers);
   peak_mem   growth of the process's peak resident memory during one steady transform
              (Linux VmHWM, reset through /proc/self/clear_refs), next to the output's size.
 Wall times on a shared machine vary with its load (recorded); `cpu x` (process CPU time of
@@ -40,7 +42,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from synthpre_jax import weight_stats as ws  # noqa: E402
+from synthpre_jax import counter_rng, weight_stats as ws  # noqa: E402
 from synthpre_jax.weight_stats_groups import (  # noqa: E402
     T5_BASE, resolve_scheme, t5_param_shapes, transformable_names)
 
@@ -107,52 +109,74 @@ def measure_floor(flat_src: dict, repeats: int, cpu: list) -> float:
     return best(copy, repeats, cpu)
 
 
-def measure_rng(shapes: list[tuple[int, ...]], repeats: int) -> tuple[float, float]:
-    draw = jax.jit(lambda k, shape: jax.random.normal(k, shape, jnp.float32),
-                   static_argnums=1)
-    key = jax.random.key(0)
-    for s in set(shapes):
-        draw(key, s).block_until_ready()
+def measure_rng(shapes: list[tuple[int, ...]], repeats: int) -> dict:
+    """The draws alone (compiled), into new buffers: `counter_rng` (what the transform uses)
+    and, for comparison, `jax.random.normal` (threefry)."""
+    kd = jax.random.key_data(jax.random.key(0))
+    counter = jax.jit(lambda k, shape: counter_rng.standard_normal(k, shape), static_argnums=1)
+    threefry = jax.jit(lambda k, shape: jax.random.normal(jax.random.wrap_key_data(k), shape,
+                                                          jnp.float32), static_argnums=1)
+    out = {}
+    for name, draw in (("counter", counter), ("threefry", threefry)):
+        for s in set(shapes):
+            draw(kd, s).block_until_ready()
 
-    def run():
-        outs = [draw(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
-        jax.block_until_ready(outs)
+        def run():
+            jax.block_until_ready([draw(kd, s) for s in shapes])
 
-    cpu: list = []
-    return best(run, repeats, cpu), cpu[0]
+        cpu: list = []
+        out[f"{name}_s"] = best(run, repeats, cpu)
+        out[f"{name}_cpu_s"] = cpu[0]
+    return out
+
+
+def _copy_tree(tree: dict) -> dict:
+    return jax.block_until_ready(jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def measure_scheme(source: dict, fresh: dict, scheme: str, repeats: int, rng_s: dict) -> dict:
+    """`steady` is the transform as `synthpre weight-stats` and fine-tuning run it (the fresh
+    tree donated: its buffers become the result's); `steady_keep_s` keeps the fresh tree
+    (new output buffers, whose first touch costs page faults)."""
     flat_src = ws.flatten(source)[0]
     groups = resolve_scheme(scheme).groups(transformable_names(flat_src))
     paths = [p for g in groups for p in g.paths]
     n_out = sum(flat_src[p].size for p in paths)
     t = time.perf_counter()
-    jax.block_until_ready(ws.transform(source, fresh, scheme, 0))
+    jax.block_until_ready(ws.transform(source, _copy_tree(fresh), scheme, 0, donate_fresh=True))
     first = time.perf_counter() - t
 
-    cpu: list = []
-    steady = best(lambda: jax.block_until_ready(ws.transform(source, fresh, scheme, 1)),
-                  repeats, cpu)
+    times, cpus = [], []
+    for _ in range(repeats):
+        donated = _copy_tree(fresh)
+        cpu: list = []
+        times.append(best(lambda: jax.block_until_ready(
+            ws.transform(source, donated, scheme, 1, donate_fresh=True)), 1, cpu))
+        cpus.append(cpu[0])
+        del donated
+    steady, steady_cpu = min(zip(times, cpus))
+    keep = best(lambda: jax.block_until_ready(ws.transform(source, fresh, scheme, 1)), repeats)
     order = sorted(paths)
     placed = [flat_src[p] for p in order]
     index = {p: i for i, p in enumerate(order)}
     stats = best(lambda: ws.group_statistics(placed, [[index[p] for p in g.paths]
                                                       for g in groups]), repeats)
+    donated = _copy_tree(fresh)
     before = _vm("VmRSS")
     peak_ok = _reset_peak()
-    out = ws.transform(source, fresh, scheme, 2)
+    out = ws.transform(source, donated, scheme, 2, donate_fresh=True)
     jax.block_until_ready(out)
     peak = _vm("VmHWM") - before if peak_ok else None
-    del out
+    del out, donated
     shapes = [flat_src[p].shape for p in paths]
     key = tuple(sorted(shapes))
     if key not in rng_s:
         rng_s[key] = measure_rng(shapes, repeats)
     return dict(scheme=scheme, groups=len(groups), tensors=len(paths), elements=int(n_out),
                 output_bytes=int(4 * n_out), first_s=first, steady_s=steady,
-                steady_cpu_s=cpu[0], stats_s=stats, sampling_s=max(steady - stats, 0.0),
-                rng_s=rng_s[key][0], rng_cpu_s=rng_s[key][1],
+                steady_cpu_s=steady_cpu, steady_keep_s=keep, stats_s=stats,
+                sampling_s=max(steady - stats, 0.0), rng_s=rng_s[key]["counter_s"],
+                rng_cpu_s=rng_s[key]["counter_cpu_s"], threefry_s=rng_s[key]["threefry_s"],
                 peak_mem_growth_bytes=peak)
 
 
@@ -186,15 +210,16 @@ def main(argv=None) -> int:
         print(f"  {scheme}: {r['steady_s']:.3f} s steady", flush=True)
 
     head = (f"{'scheme':<20} {'tensors':>7} {'Mparams':>8} {'first s':>8} {'steady s':>8} "
-            f"{'stats s':>8} {'sample s':>8} {'rng s':>7} {'x floor':>7} {'cpu x':>6} "
-            f"{'peak MiB':>8} {'out MiB':>7}")
+            f"{'keep s':>7} {'stats s':>8} {'sample s':>8} {'rng s':>7} {'3fry s':>7} "
+            f"{'x floor':>7} {'cpu x':>6} {'peak MiB':>8} {'out MiB':>7}")
     print(head)
     for r in rows:
         peak = "n/a" if r["peak_mem_growth_bytes"] is None else \
             f"{r['peak_mem_growth_bytes'] / 2**20:.0f}"
         print(f"{r['scheme']:<20} {r['tensors']:>7} {r['elements'] / 1e6:>8.1f} "
-              f"{r['first_s']:>8.2f} {r['steady_s']:>8.3f} {r['stats_s']:>8.3f} "
-              f"{r['sampling_s']:>8.3f} {r['rng_s']:>7.3f} {r['ratio_to_floor']:>7.1f} "
+              f"{r['first_s']:>8.2f} {r['steady_s']:>8.3f} {r['steady_keep_s']:>7.3f} "
+              f"{r['stats_s']:>8.3f} {r['sampling_s']:>8.3f} {r['rng_s']:>7.3f} "
+              f"{r['threefry_s']:>7.3f} {r['ratio_to_floor']:>7.1f} "
               f"{r['cpu_ratio_to_floor']:>6.1f} {peak:>8} {r['output_bytes'] / 2**20:>7.0f}")
     result = dict(
         tree="t5_small" if args.small else "t5_base", tensors=len(flat_src),

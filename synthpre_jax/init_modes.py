@@ -127,8 +127,8 @@ def _scheme_record(scheme: Scheme) -> dict:
             "statistic": scheme.statistic, "include_embeddings": scheme.include_embeddings}
 
 
-def initialize_params(fresh_params: dict, config: InitConfig,
-                      shardings: Any = None) -> tuple[dict, dict]:
+def initialize_params(fresh_params: dict, config: InitConfig, shardings: Any = None, *,
+                      donate_fresh: bool = False) -> tuple[dict, dict]:
     """Apply `config` to the freshly initialised `fresh_params`.
 
     shardings: optional pytree of `jax.sharding.Sharding` matching `fresh_params` (the trainer's
@@ -136,6 +136,8 @@ def initialize_params(fresh_params: dict, config: InitConfig,
         they follow each fresh tensor's own sharding.
     Returns (params, record); `record` is JSON-able (mode, source, scheme, seed, per-group
     statistics, which tensors kept the fresh init) for MODEL_DIR/init.json.
+    donate_fresh: the caller discards `fresh_params`, so in `weight_stats` mode the re-sampled
+        tensors may reuse their buffers (less memory, faster; those fresh arrays are deleted).
     """
     _validate(config)
     mode = config.mode
@@ -156,7 +158,8 @@ def initialize_params(fresh_params: dict, config: InitConfig,
         seed = _seed(config.seed)
         source = load_params(str(config.checkpoint_path))
         params, report = weight_stats.transform_with_report(
-            source, _with_shardings(fresh_params, shardings), scheme, seed)
+            source, _with_shardings(fresh_params, shardings), scheme, seed,
+            donate_fresh=donate_fresh)
         covered = {p for g in report for p in g.paths}
         fresh_names = weight_stats.flatten(fresh_params)[0]
         record.update(checkpoint_path=str(config.checkpoint_path), seed=seed,

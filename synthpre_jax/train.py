@@ -227,7 +227,8 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             from synthpre_jax.init_modes import initialize_params
             vocab_check.check_checkpoint_matches(getattr(init_cfg, "checkpoint_path", None), vocabs,
                                                  keeps_embedding=getattr(init_cfg, "mode", None) == "load")
-            params, record = initialize_params(params, init_cfg, shardings["params"])
+            params, record = initialize_params(params, init_cfg, shardings["params"],
+                                               donate_fresh=True)
         state = trainer.state_from_params(params, shardings)
         start = 0
     progress.start = start

@@ -4,17 +4,17 @@
 per-group statistics of a source (pre-trained) tree: see `weight_stats_groups` for the
 groupings and schemes. Differences from the release, all deliberate:
 
-* seeded and reproducible: the draw for a tensor depends only on (seed, its path, its shape),
-  through `jax.random.fold_in` with a SHA-256 of the path, so it does not change with the
-  other tensors in the tree, the number of devices or hosts, or the Python process;
+* seeded and reproducible: the draw for a tensor depends only on (seed, its path, its shape):
+  its key is `jax.random.fold_in` of the seed with a SHA-256 of the path, and element i is a
+  keyed hash of i turned normal (`counter_rng`), so it does not change with the other tensors
+  in the tree, the number of devices or hosts, or the Python process;
 * sharding-aware: statistics are on-device reductions of each source tensor where it lives
   (only scalars reach the host), and each new tensor is drawn by a jitted program whose output
-  has the fresh tensor's sharding; with JAX's partitionable threefry
-  (`jax_threefry_partitionable`, the default since JAX 0.5, forced on here) each device draws
-  only its own shard and the values equal the single-device draw. A host (NumPy) source is
-  placed shard by shard like the fresh tensor. No full copy of a sharded tensor is gathered;
+  has the fresh tensor's sharding: each device draws only its own shard, and the values equal
+  the single-device draw. A host (NumPy) source is placed shard by shard like the fresh
+  tensor. No full copy of a sharded tensor is gathered;
 * statistics are two-pass (group mean, then the mean of squared deviations from it) over
-  exact, order-independent per-tensor sums (see `_exact_sum_parts`), so they do not change
+  exact, order-independent per-tensor sums (see `_grid_sum`), so they do not change
   with the sharding either; the tests check them against NumPy float64.
 
 Tensors that no group covers are returned as the very same fresh objects (bit-identical).
@@ -33,14 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from synthpre_jax import counter_rng
 from synthpre_jax.errors import UserError
 from synthpre_jax.weight_stats_groups import (KEEP_FRESH, TABLE3_PRE_ATTN_LN_RES, Group, Scheme,
                                               SchemeLike, natural_sorted, resolve_scheme,
                                               transformable_names)
-
-# Identical draws on 1 and N devices need the partitionable threefry (the default in recent
-# JAX; set explicitly so an older default or a user flag cannot silently change the values).
-jax.config.update("jax_threefry_partitionable", True)
 
 Params = Mapping[str, Any]
 RngLike = Union[int, np.integer, jax.Array]
@@ -157,105 +154,87 @@ def _place(src: Any, like: Any) -> Any:
 
 # ----------------------------------------------------------------------------- the programs
 # Small jitted programs instead of one big one: XLA's CPU compile time grows badly with many
-# unrolled threefry draws and reductions (20+ s for T5-small in one program), while programs
+# unrolled draws and reductions (20+ s for T5-small in one program), while programs
 # per distinct (shape, dtype, rule, sharding) compile in well under a second and are reused
 # across tensors, schemes and calls.
 #
 # Statistics must not depend on how a tensor is laid out: a float32 sum of a tensor sharded 8
 # ways rounds differently from the same sum on one device, and a 1-ulp change of sigma would
-# change every draw. So each tensor is summed *exactly*: its elements are put in 29-bit fixed
-# point relative to the tensor's max |x| (a power-of-two scale; truncation toward zero, so an
-# element loses less than 2**-29 of max |x|, far below float32's own 2**-24 on that element),
-# offset to non-negative integers, and cut into limbs narrow enough that uint32 sums cannot
-# overflow. Integer sums are exact in any order, on any mesh: rows are summed first (few, wide
-# limbs, fused into one pass), then the per-row sums. The host rebuilds each total as a Python
-# int and combines a group's tensors in float64. No library offers an order-independent
-# sharded reduction, hence this code.
-_FIXED_BITS = 29  # |q| < 2**29, so q + 2**29 < 2**30
+# change every draw. So each tensor is summed *exactly*: its elements are put on a fixed-point
+# grid relative to the tensor's max |x| (a power-of-two scale 2**(e - F); truncation toward
+# zero, so an element moves by less than 2**-F of max |x|, below float32's own 2**-24 on that
+# element for F >= 24) and summed in float64. Every grid value is an integer below 2**F in
+# magnitude and F is chosen so that n * 2**F <= 2**53: every partial sum, in any order, on any
+# mesh, is an exactly representable integer, so the total is exact and order-free. (Integer
+# limb sums did the same but cost 4x more on CPUs without 256-bit integer SIMD.) The host
+# combines a group's tensors in float64. No library offers an order-independent sharded
+# reduction, hence this code.
+_MAX_FIXED_BITS = 29
 
 
-def _limbs(n: int, value_bits: int) -> tuple[int, int]:
-    """(bits per limb, limbs) to sum n values of `value_bits` bits exactly in uint32."""
-    bits = max(1, min(value_bits, 32 - int(n).bit_length()))
-    return bits, -(-value_bits // bits)
+def _fixed_bits(n: int) -> int:
+    """Grid bits F for a sum of n values: n * 2**F <= 2**53, at most 29."""
+    return max(1, min(_MAX_FIXED_BITS, 53 - max(int(n) - 1, 1).bit_length()))
 
 
-def _limb_sums(u: jax.Array, n: int, value_bits: int, axis: Optional[int]) -> list:
-    bits, count = _limbs(n, value_bits)
-    mask = jnp.uint32((1 << bits) - 1)
-    return [jnp.sum((u >> jnp.uint32(bits * k)) & mask, axis=axis, dtype=jnp.uint32)
-            for k in range(count)]
+def _grid_sum(x: jax.Array, e: jax.Array, bits: int) -> jax.Array:
+    """Exact float64 sum of trunc(x * 2**(bits - e)) for |x| < 2**e (run under x64)."""
+    q = jnp.trunc(x * jnp.ldexp(jnp.float32(1), bits - e))  # integers, exact in float32
+    return jnp.sum(q.astype(jnp.float64))
 
 
-def _exact_sum_parts(x: jax.Array, m: Optional[jax.Array] = None,
-                     e: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(max |x|, exponent e, uint32 limb sums [row limbs, column limbs]) of float32 `x`.
-    A caller that knows a bound |x| < 2**e passes it (and the max to report) to save a pass."""
-    if e is None:
-        m = jnp.max(jnp.abs(x))
-        e = jnp.maximum(jnp.frexp(m)[1], -96)  # |x| < 2**e; clamp keeps 2**(29 - e) finite
-    q = (x * jnp.ldexp(jnp.float32(1), _FIXED_BITS - e)).astype(jnp.int32)
-    u = (q + (1 << _FIXED_BITS)).astype(jnp.uint32)
-    u = u.reshape(1, -1) if u.ndim < 2 else u.reshape(-1, u.shape[-1])
-    rows, length = u.shape
-    row_sums = _limb_sums(u, length, _FIXED_BITS + 1, axis=1)  # each [rows], < 2**32
-    limbs = [jnp.stack(_limb_sums(r, rows, 32, axis=None)) for r in row_sums]
-    return m, e, jnp.stack(limbs)
+@functools.partial(jax.jit, static_argnames=("bits",))
+def _tensor_sum_parts(x: jax.Array, *, bits: int) -> tuple:
+    """(max |x|, e with |x| < 2**e, exact grid sum) of one tensor."""
+    x = x.astype(jnp.float32)
+    m = jnp.max(jnp.abs(x))
+    e = jnp.maximum(jnp.frexp(m)[1], -96)  # clamp keeps 2**(bits - e) finite
+    return m, e, _grid_sum(x, e, bits)
 
 
-def _exact_sum_value(shape: tuple, e: Any, limbs: Any) -> float:
-    n = math.prod(shape)
-    length = shape[-1] if len(shape) else 1
-    rows = n // length if length else 0
-    row_bits, _ = _limbs(length, _FIXED_BITS + 1)
-    col_bits, _ = _limbs(rows, 32)
-    total = sum(int(v) << (row_bits * k + col_bits * j)
-                for k, row in enumerate(np.asarray(limbs)) for j, v in enumerate(row))
-    return math.ldexp(float(total - n * (1 << _FIXED_BITS)), int(e) - _FIXED_BITS)
-
-
-def _squared_deviation_parts(x: jax.Array, mu: jax.Array) -> tuple:
-    """Exact-sum parts of (x - mu)**2, computed on (x - mu) / 2**k with 2**k > max|x - mu|
-    (so squares of tiny deviations do not underflow float32, and every square is < 2**0);
-    returns k as well."""
+@functools.partial(jax.jit, static_argnames=("bits",))
+def _tensor_squared_deviation_parts(x: jax.Array, mu: jax.Array, *, bits: int) -> tuple:
+    """Exact grid sum of ((x - mu) / 2**k)**2 with 2**k > max|x - mu| (scaled so squares of
+    tiny deviations do not underflow and every square is < 1), with max|x - mu| and k."""
     d = x.astype(jnp.float32) - mu
     m = jnp.max(jnp.abs(d))
     k = jnp.maximum(jnp.frexp(m)[1], -100)
     d = d * jnp.ldexp(jnp.float32(1), -k)
-    return (*_exact_sum_parts(jnp.square(d), m, jnp.int32(0)), k)
+    return m, k, _grid_sum(jnp.square(d), jnp.int32(0), bits)
 
 
-@jax.jit
-def _tensor_sum_parts(x: jax.Array) -> tuple:
-    return _exact_sum_parts(x.astype(jnp.float32))
-
-
-_tensor_squared_deviation_parts = jax.jit(_squared_deviation_parts)
-
-
-def _per_tensor(fn: Any, calls: Sequence[tuple]) -> list:
+def _per_tensor(fn: Any, calls: Sequence[tuple], bits: Sequence[int]) -> list:
     """Run one small program per tensor (compiled once per shape and sharding, so cheap to
     compile and shared across schemes). A program on a sharded tensor all-reduces; those run
     one at a time, since several collective programs in flight at once can deadlock XLA's
     CPU collectives (each waits for device threads the others hold)."""
     out = []
-    for args in calls:
-        result = fn(*args)
+    for args, b in zip(calls, bits):
+        result = fn(*args, bits=b)
         if isinstance(args[0], jax.Array) and len(args[0].sharding.device_set) > 1:
             jax.block_until_ready(result)
         out.append(result)
     return out
 
 
-def _host_sums(parts: Any, shapes: Sequence[tuple], names: Sequence[str]) -> np.ndarray:
+def _host_sums(parts: Any, shapes: Sequence[tuple], names: Sequence[str],
+               squared: bool = False) -> np.ndarray:
     out = []
-    for (m, e, limbs, *k), shape, name in zip(jax.device_get(parts), shapes, names):
+    for (m, e, total), shape, name in zip(jax.device_get(parts), shapes, names):
         if not np.isfinite(m):
             raise UserError(f"source tensor {name} has non-finite values (NaN or inf); "
                             "its checkpoint cannot provide weight statistics")
-        value = _exact_sum_value(shape, e, limbs)
-        out.append(math.ldexp(value, 2 * int(k[0])) if k else value)
+        bits = _fixed_bits(math.prod(shape))
+        # total is an exact integer; sums of squares were scaled by 2**(-2e)
+        scale = 2 * int(e) - bits if squared else int(e) - bits
+        out.append(math.ldexp(float(total), scale))
     return np.array(out, np.float64)
+
+
+def _run_parts(fn: Any, tensors: Sequence[Any], extra: Sequence[tuple]) -> list:
+    with jax.enable_x64(True):
+        return _per_tensor(fn, [(x, *more) for x, more in zip(tensors, extra)],
+                           [_fixed_bits(math.prod(np.shape(x))) for x in tensors])
 
 
 def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
@@ -270,15 +249,16 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
     names = list(names) if names is not None else [f"#{i}" for i in range(len(tensors))]
     shapes = [tuple(np.shape(x)) for x in tensors]
     counts = [math.prod(s) for s in shapes]
-    sums = _host_sums(_per_tensor(_tensor_sum_parts, [(x,) for x in tensors]), shapes, names)
+    sums = _host_sums(_run_parts(_tensor_sum_parts, tensors, [()] * len(tensors)),
+                      shapes, names)
     size = [sum(counts[i] for i in g) for g in groups]
     mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
     tensor_mu = np.zeros(len(tensors), np.float32)
     for g, mu in zip(groups, mus):
         tensor_mu[list(g)] = mu
-    sq = _host_sums(_per_tensor(_tensor_squared_deviation_parts,
-                                [(x, tensor_mu[i]) for i, x in enumerate(tensors)]),
-                    shapes, names)
+    sq = _host_sums(_run_parts(_tensor_squared_deviation_parts, tensors,
+                               [(tensor_mu[i],) for i in range(len(tensors))]),
+                    shapes, names, squared=True)
     sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
     return mus, sigmas
 
@@ -296,19 +276,22 @@ def _keys_program(impl: str, sharding: Any):
 
 
 @functools.lru_cache(maxsize=256)
-def _sampler(rule: str, dtype: str, impl: str, sharding: Any):
-    """(all keys, tensor index, mu, sigma) -> one new tensor, drawn directly into `sharding`
-    (each device computes only its own shard)."""
-    def run(keys, i, mu, sigma, *, shape):
+def _sampler(rule: str, dtype: str, sharding: Any, donate: bool):
+    """(all keys, tensor index, mu, sigma[, the fresh tensor]) -> one new tensor, drawn
+    directly into `sharding` (each device computes only its own shard). With `donate` the
+    fresh tensor's buffer is reused for the result: writing into memory that is already
+    mapped costs about a fifth of writing a new buffer on the CPU (no page faults)."""
+    def run(keys, i, mu, sigma, fresh=None, *, shape):
+        del fresh  # only its buffer is used (donated)
         if rule == "const(mu)":
             out = jnp.full(shape, mu, jnp.float32)
         else:
-            z = jax.random.normal(jax.random.wrap_key_data(keys[i], impl=impl), shape,
-                                  jnp.float32)
+            z = counter_rng.standard_normal(keys[i], shape)
             out = mu + sigma * z if rule == "N(mu,sigma)" else sigma * z
         return out.astype(dtype)
 
-    return jax.jit(run, static_argnames=("shape",), out_shardings=sharding)
+    return jax.jit(run, static_argnames=("shape",), out_shardings=sharding,
+                   donate_argnums=(4,) if donate else (), keep_unused=donate)
 
 
 def _rule(scheme: Scheme, group: Group) -> str:
@@ -318,7 +301,8 @@ def _rule(scheme: Scheme, group: Group) -> str:
 
 
 def transform_with_report(source_params: Params, fresh_params: Params, scheme: SchemeLike,
-                          rng: RngLike) -> tuple[dict, list[GroupStats]]:
+                          rng: RngLike, *, donate_fresh: bool = False
+                          ) -> tuple[dict, list[GroupStats]]:
     """`transform`, also returning the statistics of every group (source mean/std)."""
     scheme = resolve_scheme(scheme)
     src_flat, _ = flatten(source_params)
@@ -341,10 +325,12 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
     for j, (g, rule) in enumerate(zip(groups, rules)):
         for p in g.paths:
             like = fresh_flat[p]
-            sharding = like.sharding if isinstance(like, jax.Array) else default
-            sample = _sampler(rule, str(np.dtype(like.dtype)), impl, sharding)
-            result[p] = sample(keys, np.int32(index[p]), np.float32(mus[j]),
-                               np.float32(sigmas[j]), shape=tuple(np.shape(like)))
+            on_device = isinstance(like, jax.Array)
+            sharding = like.sharding if on_device else default
+            donate = donate_fresh and on_device
+            sample = _sampler(rule, str(np.dtype(like.dtype)), sharding, donate)
+            args = (keys, np.int32(index[p]), np.float32(mus[j]), np.float32(sigmas[j]))
+            result[p] = sample(*args, *((like,) if donate else ()), shape=tuple(np.shape(like)))
 
     report = [GroupStats(g.name, rule, len(g.paths),
                          int(sum(math.prod(np.shape(src_flat[p])) for p in g.paths)),
@@ -354,7 +340,7 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
 
 
 def transform(source_params: Params, fresh_params: Params, scheme: SchemeLike,
-              rng: RngLike) -> dict:
+              rng: RngLike, *, donate_fresh: bool = False) -> dict:
     """Re-sample `fresh_params` from per-group statistics of `source_params`.
 
     source_params: the pre-trained tree (NumPy or jax.Array leaves, any sharding);
@@ -362,9 +348,13 @@ def transform(source_params: Params, fresh_params: Params, scheme: SchemeLike,
         kept; tensors outside every group are returned unchanged);
     scheme: a readable name (`per_param_scale`), a paper init_id
         (`per_param_grouping___init_scale`), 'custom' (the gin-bound `RegexScheme`) or a Scheme;
-    rng: an int seed or a jax PRNG key.
+    rng: an int seed or a jax PRNG key;
+    donate_fresh: reuse the buffers of the re-sampled fresh tensors for the result (they are
+        deleted; tensors outside every group are untouched). For callers that discard the
+        fresh tree, e.g. the fine-tuning initialisation: less memory and ~2x faster on a CPU.
     """
-    return transform_with_report(source_params, fresh_params, scheme, rng)[0]
+    return transform_with_report(source_params, fresh_params, scheme, rng,
+                                 donate_fresh=donate_fresh)[0]
 
 
 # ----------------------------------------------------------------------------- Table 3

@@ -207,7 +207,8 @@ def main(argv: list[str]) -> int:
               f"{config.num_decoder_layers} layers, d_model {config.emb_dim}, seed {args.seed})")
     fresh = fresh_params(config, args.seed)
     _progress(f"re-sampling with scheme {scheme.name}")
-    params, report = weight_stats.transform_with_report(source, fresh, scheme, args.seed)
+    params, report = weight_stats.transform_with_report(source, fresh, scheme, args.seed,
+                                                        donate_fresh=True)
     out_flat, _ = weight_stats.flatten(params)
     names = [n for n in transformable_names(src_flat, scheme.include_embeddings) if n in out_flat]
     src_std = per_tensor_std(src_flat, names) if args.plot else None

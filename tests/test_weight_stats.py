@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from synthpre_jax import weight_stats as ws
+from synthpre_jax import counter_rng, weight_stats as ws
 from synthpre_jax.errors import UserError
 from synthpre_jax.weight_stats_groups import (PAPER_ALIASES, SCHEMES, T5_1_1_SMALL,
                                               T5_SMALL, RegexScheme, resolve_scheme,
@@ -289,8 +289,22 @@ def test_a_tensors_draw_depends_only_on_seed_and_path():
         assert np.array_equal(np.asarray(a[p]), np.asarray(b[p])), p
     p = "decoder/layers_1/self_attention/query/kernel"
     sigma = np.float32(np.asarray(flat(small_src)[p], np.float64).std())
-    z = jax.random.normal(ws.tensor_key(jax.random.key(3), p), a[p].shape, jnp.float32)
+    z = counter_rng.standard_normal(jax.random.key_data(ws.tensor_key(jax.random.key(3), p)),
+                                    a[p].shape)
     np.testing.assert_allclose(np.asarray(a[p]), sigma * np.asarray(z), rtol=1e-5, atol=1e-8)
+
+
+def test_donating_the_fresh_tree_gives_the_same_result():
+    source, fresh = make_trees(seed=10)
+    fresh = jax.tree_util.tree_map(jnp.asarray, fresh)
+    kept = flat(ws.transform(source, fresh, "per_param_scale", 4))
+    donated_in = flat(jax.tree_util.tree_map(jnp.copy, fresh))
+    out = flat(ws.transform(source, traverse_util.unflatten_dict(donated_in, sep="/"),
+                            "per_param_scale", 4, donate_fresh=True))
+    assert all(np.array_equal(np.asarray(kept[p]), np.asarray(out[p])) for p in kept)
+    emb = "token_embedder/embedding"
+    assert out[emb] is donated_in[emb] and not donated_in[emb].is_deleted()  # kept fresh
+    assert donated_in["encoder/layers_0/mlp/wi/kernel"].is_deleted()  # its buffer was reused
 
 
 # ----------------------------------------------------------------------------- Table 3

@@ -51,19 +51,24 @@ CHILD = textwrap.dedent("""
     k = "encoder/layers_0/mlp/wi/kernel"
     x = flat(fresh_sharded)[k]
     assert len(x.sharding.device_set) == 8 and x.addressable_shards[0].data.shape == (8, 32)
-    texts = [ws._tensor_sum_parts.lower(x).compile().as_text(),
-             ws._tensor_squared_deviation_parts.lower(x, np.float32(0)).compile().as_text()]
+    with jax.enable_x64(True):
+        texts = [ws._tensor_sum_parts.lower(x, bits=29).compile().as_text(),
+                 ws._tensor_squared_deviation_parts.lower(x, np.float32(0), bits=29)
+                 .compile().as_text()]
     keys = ws._keys_program("threefry2x32", NamedSharding(mesh, P()))(
         np.zeros(2, np.uint32), np.zeros((1, 2), np.uint32))
     for rule in ("N(0,sigma)", "N(mu,sigma)"):
-        texts.append(ws._sampler(rule, "float32", "threefry2x32", x.sharding).lower(
-            keys, np.int32(0), np.float32(0), np.float32(1), shape=x.shape).compile().as_text())
+        for donate in (False, True):
+            texts.append(ws._sampler(rule, "float32", x.sharding, donate).lower(
+                keys, np.int32(0), np.float32(0), np.float32(1), *((x,) if donate else ()),
+                shape=x.shape).compile().as_text())
     assert not any("all-gather" in t for t in texts)
     assert "all-reduce" in texts[0]
     # initialize_params with the trainer's shardings
     for mode, extra in (("load", {}), ("weight_stats", dict(scheme="per_layer_scale", seed=3))):
         params, record = initialize_params(fresh_sharded, InitConfig(
-            mode=mode, checkpoint_path=ckpt, **extra), shardings)
+            mode=mode, checkpoint_path=ckpt, **extra), shardings,
+            donate_fresh=mode == "weight_stats")  # the last use of fresh_sharded
         for k, v in flat(params).items():
             assert v.sharding.is_equivalent_to(flat_sh[k], v.ndim), (mode, k)
             results[f"init:{mode}|{k}"] = np.asarray(v)
