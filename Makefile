@@ -4,11 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# The longest test files go first, so the two workers do not finish on one long file while
-# the other idles (pytest drops the duplicate paths when it reaches tests/).
-SLOW_TESTS := $(addprefix tests/,test_train_sharded.py test_reliability_multihost.py \
-	test_reliability_crash.py test_natural_pretrain.py test_evaluation_sharded.py \
-	test_train_copy.py test_benchmarks_smoke.py test_experiment.py)
 
 .PHONY: test demo install clean
 
@@ -26,7 +21,7 @@ $(STAMP): setup.py | $(PY)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(SLOW_TESTS) tests -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m synthpre_jax.demo

@@ -83,3 +83,17 @@ def run_train_inprocess(argv):
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+# The longest test files first: with `-n 2 --dist loadfile` the workers take files in
+# collection order, and a 3-minute file collected last leaves one worker idle meanwhile.
+_SLOW_FILES_FIRST = ("test_train_sharded.py", "test_reliability_multihost.py",
+                     "test_reliability_crash.py", "test_benchmarks_smoke.py",
+                     "test_reliability_disk.py", "test_evaluation_sharded.py",
+                     "test_inference.py", "test_natural_pretrain.py", "test_resume.py",
+                     "test_experiment.py", "test_train_copy.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise

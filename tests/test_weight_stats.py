@@ -404,3 +404,23 @@ def test_user_regex_grouping_from_gin():
     emb = np.asarray(out["token_embedder"]["embedding"], np.float64)
     ref = np.asarray(source["token_embedder"]["embedding"], np.float64)
     assert abs(emb.std() / ref.std() - 1) < 0.1
+
+
+def test_grid_sums_are_exact_integers_of_any_layout():
+    """The float64 sums behind the statistics add integers only, so their value is exact and
+    the same in every summation order (checked against Python's integer arithmetic)."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((333, 517)) * rng.uniform(1e-6, 1, (333, 517))).astype(np.float32)
+    bits = ws._fixed_bits(x.size)
+    with jax.enable_x64(True):
+        m, e, total = (np.asarray(v) for v in ws._tensor_sum_parts(x, bits=bits))
+        m2, e2, total2 = (np.asarray(v) for v in ws._tensor_sum_parts(x.T.copy()[::-1], bits=bits))
+    assert float(total) == int(total) and total == total2 and e == e2 and m == m2
+    q = np.round(x.astype(np.float64) * 2.0 ** (bits - int(e)))  # exact in float64 too
+    assert int(total) == sum(int(v) for v in q.ravel())
+    assert ws._fixed_bits(30_000_000) == 28 and ws._fixed_bits(1000) == 29
+    # the deviation pass's max |x - mu| (from max and min of x) is the elementwise one
+    mu = np.float32(x.mean())
+    with jax.enable_x64(True):
+        md = np.asarray(ws._tensor_squared_deviation_parts(x, mu, bits=bits)[0])
+    assert md == np.max(np.abs(x - mu))
