@@ -20,8 +20,10 @@ $(STAMP): setup.py | $(PY)
 
 install: $(STAMP)
 
+# Files run in collection order (tests/conftest.py puts the longest first); xdist's default
+# would start the files with the most tests first and leave the long single tests to the end.
 test: $(STAMP)
-	$(PY) -m pytest tests -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m synthpre_jax.demo

@@ -33,7 +33,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=8",
-    "pytest-xdist>=3.5",
+    "pytest-xdist>=3.6",  # --no-loadscope-reorder
     "hypothesis>=6.100",
     # HF transformers' PyTorch T5 is the numerical oracle. torch 2.13.0 is
     # pinned because its CPU wheel is the one available offline here; any

@@ -85,8 +85,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-# The longest test files first: with `-n 2 --dist loadfile` the workers take files in
-# collection order, and a 3-minute file collected last leaves one worker idle meanwhile.
+# The longest test files first: with `-n 2 --dist loadfile --no-loadscope-reorder` (the
+# Makefile) the workers take files in collection order, and a 3-minute file started last
+# leaves the other worker idle meanwhile.
 _SLOW_FILES_FIRST = ("test_train_sharded.py", "test_reliability_multihost.py",
                      "test_reliability_crash.py", "test_benchmarks_smoke.py",
                      "test_reliability_disk.py", "test_evaluation_sharded.py",
