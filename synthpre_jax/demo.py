@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 
@@ -35,6 +36,12 @@ def _quiet_known_warnings() -> None:
     logging.getLogger("absl").addFilter(_DropKnown())
 
 
+def _simulates_several_cpu_devices(env) -> bool:
+    flags = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    count = int(flags.group(1)) if flags else 1
+    return max(count, int(env.get("JAX_NUM_CPU_DEVICES", "1") or 1)) > 1
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="synthpre demo")
     p.add_argument("--out", default="demo_runs", help="where the run directories and the report go")
@@ -42,8 +49,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     # Identical shapes across runs compile once: keep XLA's compilation cache with the runs.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(out, ".jax_cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # Not with several simulated CPU devices: jax 0.10's XLA:CPU deadlocks in collectives of
+    # an executable loaded from that cache (tests/conftest.py has the details).
+    if not _simulates_several_cpu_devices(os.environ):
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(out, ".jax_cache"))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     _quiet_known_warnings()
     from synthpre_jax import experiment, report
     t0 = time.time()

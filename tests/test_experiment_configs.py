@@ -46,3 +46,11 @@ def test_paper_grids_plan():
     assert all(r.kind == "finetune" for r in t3) and len(t3) == 6 * 7
     demo = experiment.plan(experiment.load_grid(str(EXP / "demo.yaml")))
     assert len(demo) == 7  # 2 pre-training runs + 5 fine-tuning inits
+
+
+def test_demo_keeps_the_compilation_cache_off_for_several_simulated_devices():
+    from synthpre_jax.demo import _simulates_several_cpu_devices as several
+    assert not several({}) and not several({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    assert several({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
+                                 "--xla_force_host_platform_device_count=8"})
+    assert several({"JAX_NUM_CPU_DEVICES": "4"})
