@@ -42,15 +42,10 @@ def _mix32(x: jax.Array) -> jax.Array:
 def key_words(key_data: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Two uint32 words from raw key data of any JAX PRNG implementation (threefry: its two
     words; longer keys: xor of the even and of the odd words)."""
-    k = jnp.ravel(key_data).astype(_U32)
-    if k.shape[0] == 1:
-        return k[0], _mix32(k[0] ^ _U32(0x9E3779B9))
+    k = jnp.ravel(key_data).astype(_U32)  # every JAX key impl has an even number of words
     k0, k1 = k[0], k[1]
-    for j in range(2, k.shape[0]):
-        if j % 2:
-            k1 = k1 ^ k[j]
-        else:
-            k0 = k0 ^ k[j]
+    for j in range(2, k.shape[0], 2):
+        k0, k1 = k0 ^ k[j], k1 ^ k[j + 1]
     return k0, k1
 
 

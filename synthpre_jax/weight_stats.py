@@ -211,38 +211,29 @@ def _tensor_squared_deviation_parts(x: jax.Array, mu: jax.Array, *, bits: int) -
     return m, k, _grid_sum(jnp.square(d), jnp.int32(0), bits)
 
 
-def _per_tensor(fn: Any, calls: Sequence[tuple], bits: Sequence[int]) -> list:
-    """Run one small program per tensor (compiled once per shape and sharding, so cheap to
-    compile and shared across schemes). A program on a sharded tensor all-reduces; those run
-    one at a time, since several collective programs in flight at once can deadlock XLA's
-    CPU collectives (each waits for device threads the others hold)."""
+def _exact_sums(fn: Any, calls: Sequence[tuple], bits: Sequence[int], names: Sequence[str],
+                squared: bool = False) -> np.ndarray:
+    """Each tensor's exact sum (of x, or of squared deviations) in float64: one small program
+    per tensor (compiled once per shape and sharding, so cheap to compile and shared across
+    schemes), then the host scales each exact grid total back. A program on a sharded tensor
+    all-reduces; those run one at a time, since several collective programs in flight at once
+    can deadlock XLA's CPU collectives (each waits for device threads the others hold)."""
+    parts = []
+    with jax.enable_x64(True):
+        for args, b in zip(calls, bits):
+            result = fn(*args, bits=b)
+            if isinstance(args[0], jax.Array) and len(args[0].sharding.device_set) > 1:
+                jax.block_until_ready(result)
+            parts.append(result)
     out = []
-    for args, b in zip(calls, bits):
-        result = fn(*args, bits=b)
-        if isinstance(args[0], jax.Array) and len(args[0].sharding.device_set) > 1:
-            jax.block_until_ready(result)
-        out.append(result)
-    return out
-
-
-def _host_sums(parts: Any, shapes: Sequence[tuple], names: Sequence[str],
-               squared: bool = False) -> np.ndarray:
-    out = []
-    for (m, e, total), shape, name in zip(jax.device_get(parts), shapes, names):
+    for (m, e, total), b, name in zip(jax.device_get(parts), bits, names):
         if not np.isfinite(m):
             raise UserError(f"source tensor {name} has non-finite values (NaN or inf); "
                             "its checkpoint cannot provide weight statistics")
-        bits = _fixed_bits(math.prod(shape))
         # total is an exact integer; sums of squares were scaled by 2**(-2e)
-        scale = 2 * int(e) - bits if squared else int(e) - bits
+        scale = 2 * int(e) - b if squared else int(e) - b
         out.append(math.ldexp(float(total), scale))
     return np.array(out, np.float64)
-
-
-def _run_parts(fn: Any, tensors: Sequence[Any], extra: Sequence[tuple]) -> list:
-    with jax.enable_x64(True):
-        return _per_tensor(fn, [(x, *more) for x, more in zip(tensors, extra)],
-                           [_fixed_bits(math.prod(np.shape(x))) for x in tensors])
 
 
 def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
@@ -255,18 +246,17 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
     """
     tensors = tuple(tensors)
     names = list(names) if names is not None else [f"#{i}" for i in range(len(tensors))]
-    shapes = [tuple(np.shape(x)) for x in tensors]
-    counts = [math.prod(s) for s in shapes]
-    sums = _host_sums(_run_parts(_tensor_sum_parts, tensors, [()] * len(tensors)),
-                      shapes, names)
+    counts = [math.prod(np.shape(x)) for x in tensors]
+    bits = [_fixed_bits(n) for n in counts]
+    sums = _exact_sums(_tensor_sum_parts, [(x,) for x in tensors], bits, names)
     size = [sum(counts[i] for i in g) for g in groups]
     mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
     tensor_mu = np.zeros(len(tensors), np.float32)
     for g, mu in zip(groups, mus):
         tensor_mu[list(g)] = mu
-    sq = _host_sums(_run_parts(_tensor_squared_deviation_parts, tensors,
-                               [(tensor_mu[i],) for i in range(len(tensors))]),
-                    shapes, names, squared=True)
+    sq = _exact_sums(_tensor_squared_deviation_parts,
+                     [(x, tensor_mu[i]) for i, x in enumerate(tensors)], bits, names,
+                     squared=True)
     sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
     return mus, sigmas
 
