@@ -24,16 +24,20 @@ class _DropKnown(logging.Filter):
     """seqio warnings that are expected in the demo and would only alarm a first-time user:
     SCAN's evaluation lengths leave room (fixed shapes compile once), and the on-the-fly sources
     are uncached by design (every example is a pure function of its index)."""
-    KNOWN = ("Given sequence lengths are longer than necessary", "Using an uncached FunctionDataset",
-             " Got: {", " Max Lengths: {")
+    KNOWN = ("Given sequence lengths are longer than necessary", "Using an uncached FunctionDataset")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not any(k in msg for k in self.KNOWN)
 
 
+_DROP_KNOWN = _DropKnown()
+
+
 def _quiet_known_warnings() -> None:
-    logging.getLogger("absl").addFilter(_DropKnown())
+    absl = logging.getLogger("absl")
+    if _DROP_KNOWN not in absl.filters:
+        absl.addFilter(_DROP_KNOWN)
 
 
 def _simulates_several_cpu_devices(env) -> bool:

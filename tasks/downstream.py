@@ -57,14 +57,15 @@ FEATURE_LENGTHS: Mapping[str, Mapping[str, int]] = {
     "code_translation": {"inputs": 1024, "targets": 1024},
     "scan_simple": {"inputs": 16, "targets": 64},
     "scan_length": {"inputs": 16, "targets": 64},
-    "scan_simple_words": {"inputs": 16, "targets": 64},
-    "scan_length_words": {"inputs": 16, "targets": 64},
 }
+FEATURE_LENGTHS = {**FEATURE_LENGTHS, **{f"{t}_words": FEATURE_LENGTHS[t]  # same examples
+                                         for t in ("scan_simple", "scan_length")}}
 MAX_DECODE_LENGTHS: Mapping[str, int] = {
     "cnndm_10k": 148, "squad_v010_allanswers": 128, "mtop": 128, "webqsp": 256,
     "retrosynthesis": 256, "code_translation": 1024, "scan_simple": 64, "scan_length": 64,
-    "scan_simple_words": 64, "scan_length_words": 64,
 }
+MAX_DECODE_LENGTHS = {**MAX_DECODE_LENGTHS, **{f"{t}_words": MAX_DECODE_LENGTHS[t]
+                                               for t in ("scan_simple", "scan_length")}}
 # The split scored by inference eval (decode + metrics); teacher-forced eval uses 'validation'.
 INFER_EVAL_SPLITS: Mapping[str, str] = {
     **{name: "test" for name in FEATURE_LENGTHS}, "squad_v010_allanswers": "validation"}
@@ -143,8 +144,7 @@ def scan_word_vocabulary() -> seqio.Vocabulary:
     data/word_vocab.py for why that matters on a CPU)."""
     from synthpre_jax.data import scan
     from synthpre_jax.data.word_vocab import WordVocabulary
-    commands, actions = scan.vocabulary_words(scan.all_pairs())
-    return WordVocabulary(sorted(commands) + sorted(actions))
+    return WordVocabulary(sorted(scan.COMMAND_WORDS) + sorted(scan.ACTION_WORDS))
 
 
 def _features(vocab: seqio.Vocabulary) -> dict[str, seqio.Feature]:

@@ -107,3 +107,8 @@ def test_offline_vocabulary_gives_one_token_per_scan_word():
     for c, a in pairs:
         assert len(vocab.encode(a)) == len(a.split()) and vocab.decode(vocab.encode(a)) == a
         assert len(vocab.encode(c)) == len(c.split()) and vocab.decode(vocab.encode(c)) == c
+
+
+def test_grammar_word_constants_are_the_words_the_pairs_use():
+    assert scan.vocabulary_words(scan.all_pairs()) == (set(scan.COMMAND_WORDS),
+                                                       set(scan.ACTION_WORDS))

@@ -41,6 +41,10 @@ DIRECTIONS = ("left", "right")
 ACTION = {"walk": "I_WALK", "look": "I_LOOK", "run": "I_RUN", "jump": "I_JUMP"}
 TURN = {"left": "I_TURN_LEFT", "right": "I_TURN_RIGHT"}
 REPEAT = {"twice": 2, "thrice": 3}
+# every word of the grammar (13 command words, 6 action words)
+COMMAND_WORDS = frozenset((*VERBS, *DIRECTIONS, "turn", "opposite", "around", *REPEAT,
+                           "and", "after"))
+ACTION_WORDS = frozenset((*ACTION.values(), *TURN.values()))
 
 NUM_COMMANDS = 20910
 SIMPLE_TRAIN_FRACTION = 0.8

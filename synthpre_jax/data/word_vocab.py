@@ -61,23 +61,16 @@ class WordVocabulary(seqio.Vocabulary):
         top = self._base_vocab_size
         return " ".join(self._words[i - FIRST_WORD_ID] for i in map(int, ids) if FIRST_WORD_ID <= i < top)
 
-    def _tables(self):
-        # Built per call: TF constants and tables belong to the graph being traced (a dataset
-        # map function, eager code), so caching them would leak them across graphs.
+    # TF constants and tables are built per call: they belong to the graph being traced (a
+    # dataset map function, eager code), so caching them would leak them across graphs.
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         keys = tf.constant(self._words)
         ids = tf.range(FIRST_WORD_ID, self._base_vocab_size, dtype=tf.int32)
         lookup = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, ids), UNK_ID)
-        return lookup, tf.constant(("",) * FIRST_WORD_ID + self._words)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        lookup, _ = self._tables()
-        words = tf.strings.split(s)  # scalar -> [n]; [b] -> ragged [b, None]
-        if isinstance(words, tf.RaggedTensor):
-            return tf.ragged.map_flat_values(lookup.lookup, words)
-        return lookup.lookup(words)
+        return lookup.lookup(tf.strings.split(s))  # scalar -> [n]; [b] -> ragged [b, None]
 
     def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        _, strings = self._tables()
+        strings = tf.constant(("",) * FIRST_WORD_ID + self._words)
         ids = tf.convert_to_tensor(ids, tf.int32)
         known = (ids >= FIRST_WORD_ID) & (ids < self._base_vocab_size)
         words = tf.gather(strings, tf.where(known, ids, 0))
