@@ -63,7 +63,7 @@ class Ragged:
 
     def positions(self) -> np.ndarray:
         """Position of each value inside its row."""
-        return np.arange(len(self.values)) - np.repeat(self.starts, self.lengths)
+        return segment_positions(self.lengths)
 
     def row(self, j: int) -> np.ndarray:
         off = int(self.lengths[:j].sum())
@@ -89,6 +89,23 @@ class Ragged:
     def select(self, keep: np.ndarray) -> "Ragged":
         keep = np.asarray(keep, dtype=bool)
         return Ragged(self.values[np.repeat(keep, self.lengths)], self.lengths[keep])
+
+
+
+def segment_positions(lengths: np.ndarray) -> np.ndarray:
+    """0..l-1 for each length l, concatenated (the position of each element in its segment)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def take_rows(r: Ragged, idx: np.ndarray) -> Ragged:
+    """The rows `idx` of `r` (any order, repeats allowed), as one Ragged."""
+    idx = np.asarray(idx, dtype=np.int64)
+    starts = r.starts[idx]
+    lens = r.lengths[idx]
+    out_start = np.cumsum(lens) - lens
+    flat = np.repeat(starts - out_start, lens) + np.arange(int(lens.sum()))
+    return Ragged(r.values[flat], lens)
 
 
 def prepend(r: Ragged, const: Sequence[int]) -> Ragged:

@@ -20,8 +20,8 @@ from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.codec import Codec, FallbackCodec
 from synthpre_jax.synthetic.pyset import ORDERS
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, TokenPool, fill_empty, isin_sorted,
-                                           join, partition_counts, prepend, shuffle_rows,
-                                           unique_sorted)
+                                           join, partition_counts, prepend, segment_positions,
+                                           shuffle_rows, take_rows, unique_sorted)
 from synthpre_jax.synthetic.rng import Draws
 from synthpre_jax.synthetic.simple_solve import (ARG_DIVIDER, EMPTY_OUTPUT, SOLVERS,
                                                  TASK_DIVIDER, WORD_DIVIDER, TargetVocab,
@@ -43,22 +43,13 @@ DEFAULT_LENGTH_RANGE = (10, 220)
 QUERY_ROUNDS_PER_PASS = 4  # search/delete: rejection rounds drawn together
 
 
-def _take_rows(r: Ragged, idx: np.ndarray) -> Ragged:
-    idx = np.asarray(idx, dtype=np.int64)
-    starts = r.starts[idx]
-    lens = r.lengths[idx]
-    out_start = np.cumsum(lens) - lens
-    flat = np.repeat(starts - out_start, lens) + np.arange(int(lens.sum()))
-    return Ragged(r.values[flat], lens)
-
-
 def _merge_rows(parts: list[tuple[np.ndarray, Ragged]], n: int) -> Ragged:
     """Rows of several (slots, Ragged) parts put back in slot order 0..n-1."""
     slots = np.concatenate([s for s, _ in parts]) if parts else np.zeros(0, np.int64)
     allr = Ragged.concat([r for _, r in parts])
     where = np.empty(n, dtype=np.int64)
     where[slots] = np.arange(len(slots))
-    return _take_rows(allr, where)
+    return take_rows(allr, where)
 
 
 class SimpleTask(SyntheticTask):
@@ -323,7 +314,7 @@ class SimpleTask(SyntheticTask):
         nseg = 2 * occ + 1
         seg = np.empty(int(nseg.sum()), dtype=np.int64)
         seg_row_start = np.cumsum(nseg) - nseg
-        t = np.arange(int(occ.sum())) - np.repeat(np.cumsum(occ) - occ, occ)
+        t = segment_positions(occ)
         qslot = np.repeat(seg_row_start, occ) + 2 * t + 1
         is_chunk = np.ones(len(seg), dtype=bool)
         is_chunk[qslot] = False
@@ -331,7 +322,7 @@ class SimpleTask(SyntheticTask):
         seg[qslot] = np.repeat(q, occ)
         seg_start = np.cumsum(seg) - seg
         qlen = np.repeat(q, occ)
-        within = np.arange(int(qlen.sum())) - np.repeat(np.cumsum(qlen) - qlen, qlen)
+        within = segment_positions(qlen)
         qpos = np.repeat(seg_start[qslot], qlen) + within
         qrow = np.repeat(np.repeat(np.arange(n), occ), qlen)
         seq.values[qpos] = query.values[query.starts[qrow] + within]

@@ -16,7 +16,8 @@ import numpy as np
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
 from synthpre_jax.synthetic.pyset import native_matches_emulation, set_operation_lists
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_occurrences, reverse_rows,
-                                           split_at_first, stable_sort_index)
+                                           segment_positions, split_at_first, stable_sort_index,
+                                           take_rows)
 
 TASK_DIVIDER = 32099   # <extra_id_0>: task prefix | task input
 WORD_DIVIDER = 32098   # <extra_id_1>: between words (longest_word)
@@ -34,8 +35,9 @@ class TargetVocab:
         self.codec = codec
         self.yes = list(codec.encode("yes"))
         self.no = list(codec.encode("no"))
+        self.no_yes = Ragged.from_rows([self.no, self.yes])  # row 0: no, row 1: yes
         self._numbers: dict[int, list[int]] = {}
-        self._table: tuple | None = None  # numbers 0..N-1 as (values, lengths, starts)
+        self._table: Ragged | None = None  # number(n) for n in 0..N-1
 
     def number(self, n: int) -> list[int]:
         """SPM.encode(str(n)) without a leading lone "▁" (the authors' rule)."""
@@ -51,16 +53,11 @@ class TargetVocab:
             return Ragged(np.zeros(0, ID_DTYPE), np.zeros(0, np.int64))
         top = int(ns.max())
         if ns.min() < 0 or top >= NUMBER_TABLE_MAX:
-            return Ragged.from_rows([list(self.number(n)) for n in ns.tolist()])
-        if self._table is None or len(self._table[1]) <= top:
-            size = max(top + 1, 512)
-            rows = [self.number(n) for n in range(size)]
-            tab = Ragged.from_rows(rows)
-            self._table = (tab.values, tab.lengths, tab.starts)
-        vals, lens, starts = self._table
-        ln = lens[ns]
-        flat = np.repeat(starts[ns] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
-        return Ragged(vals[flat], ln)
+            return Ragged.from_rows([self.number(n) for n in ns.tolist()])
+        if self._table is None or len(self._table) <= top:
+            size = max(top + 1, 2 * (0 if self._table is None else len(self._table)), 512)
+            self._table = Ragged.from_rows([self.number(n) for n in range(size)])
+        return take_rows(self._table, ns)
 
 
 def find_sublist(seq: np.ndarray, query: np.ndarray) -> int:
@@ -187,7 +184,7 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
                         dtype=np.int64)
     if not len(cand):
         return out
-    j = np.arange(work) - np.repeat(np.cumsum(cl) - cl, cl)
+    j = segment_positions(cl)
     eq = seq.values[np.repeat(cand, cl) + j] == query.values[np.repeat(query.starts[crow], cl) + j]
     bad = np.bincount(np.repeat(np.arange(len(cand)), cl)[~eq], minlength=len(cand))
     hit = np.flatnonzero(bad == 0)           # matching candidates, row-major
@@ -200,17 +197,7 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
 
 def solve_search(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     seq, query = split_at_first(raw, ARG_DIVIDER)
-    found = find_rows(seq, query) >= 0
-    yes, no = np.asarray(tv.yes, dtype=ID_DTYPE), np.asarray(tv.no, dtype=ID_DTYPE)
-    ln = np.where(found, len(yes), len(no))
-    vals = np.empty(int(ln.sum()), dtype=ID_DTYPE)
-    pos = np.arange(len(vals)) - np.repeat(np.cumsum(ln) - ln, ln)
-    f = np.repeat(found, ln)
-    if len(yes):
-        vals[f] = yes[pos[f]]
-    if len(no):
-        vals[~f] = no[pos[~f]]
-    return Ragged(vals, ln)
+    return take_rows(tv.no_yes, (find_rows(seq, query) >= 0).astype(np.int64))
 
 
 def solve_delete(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
