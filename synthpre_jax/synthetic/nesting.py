@@ -107,12 +107,11 @@ class NestingLanguageTask(SyntheticTask):
         perm = np.argsort(-n, kind="stable")
         ns = n[perm]
         live = np.searchsorted(-2 * ns, -np.arange(steps), side="left")  # #(2n > t)
-        u = np.ascontiguousarray(
-            d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp)[perm].T)
+        moves = d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp)
+        may_open = np.ascontiguousarray((moves[:, :steps] < self.open_prob)[perm].T)
         # The loop tracks arcs by their open index k (int32, narrow and cheap); the
         # stack has a spare column D that takes the writes of sentences that close.
         D = self.max_depth
-        may_open = u[:steps] < self.open_prob
         ns32 = ns.astype(np.int32)
         stack = np.zeros(count * (D + 1), dtype=np.int32)
         arc = np.zeros((max(steps, 1), count), dtype=np.int32)   # k of the arc at (t, sentence)
@@ -139,15 +138,12 @@ class NestingLanguageTask(SyntheticTask):
         arc += (perm * mp).astype(np.int32)[None, :]
         out = heads.ravel()[arc]
         out += ~opens
-        # Back to the original sentence order: position t of sorted sentence j goes to
-        # offset[perm[j]] + t.
+        # Back to the original sentence order, one row per sentence, cut to its length.
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(count)
+        rows = out.T[inv]
         lengths = 2 * n
-        offset = np.cumsum(lengths) - lengths
-        keep = np.arange(out.shape[0])[:, None] < 2 * ns[None, :]
-        dest = offset[perm][None, :] + np.arange(out.shape[0])[:, None]
-        vals = np.empty(int(lengths.sum()), dtype=ID_DTYPE)
-        vals[dest[keep]] = out[keep]
-        return Ragged(vals, lengths)
+        return Ragged(rows[np.arange(rows.shape[1])[None, :] < lengths[:, None]], lengths)
 
     def sample_rows(self, d: Draws) -> dict:
         k = self.sentences_per_example
