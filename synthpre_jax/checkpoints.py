@@ -193,6 +193,12 @@ class CheckpointManager:
 
     def close(self) -> None:
         self.wait_until_finished()
+        # Orbax removes a crashed run's temporary step directories in a background thread and
+        # waits for it only before its next save: a manager that only lists or restores would
+        # otherwise close (and its process exit) with them half-deleted.
+        await_cleanup = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         self._mgr.close()
 
     def __enter__(self) -> "CheckpointManager":
