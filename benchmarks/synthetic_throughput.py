@@ -16,12 +16,14 @@ For every task it measures, on one process with TensorFlow limited to one thread
             nesting_language generator is not public: its column is a plain
             per-sentence Python stack loop. nonsense_summary's column is text only
             (the release tokenized later), ours includes tokenization;
-  pipeline  the seqio task (EOS appended) through `EncDecFeatureConverter(pack=True)`
-            at 512/512, counted in task examples (segments of packed rows) per
-            CPU-second, read in batches of 64 rows as a trainer would;
-  prepacked the same task registered with `pack_lengths` (EOS and greedy packing in
-            NumPy inside the source) through `PrePackedEncDecFeatureConverter`
-            (not for nesting_language, whose span corruption runs in TF).
+  pipelines the seqio task (EOS appended) packed to 512/512, counted in task
+            examples (segments of packed rows) per CPU-second, in batches of 64 rows:
+            seqio            `seqio.EncDecFeatureConverter(pack=True)` (TF while loop);
+            numpy_converter  `data.packing.NumpyPackingEncDecFeatureConverter`, same rows;
+            training         `data.dataset.get_dataset(pack=True)`, the trainer's input:
+                             for a single synthetic task the same batches built in
+                             NumPy without per-row TF work; for nesting_language (span
+                             corruption in TF) the numpy_converter path.
 Rates use CPU time (the measuring thread's for the generators, the process's for
 the tf.data pipelines, whose work runs in TF threads), so other load on the machine
 inflates them less than wall time would; ours and the authors' loop are measured in
@@ -398,30 +400,34 @@ def paired_rates(task_id: str, seconds: float, rounds: int) -> tuple[float, floa
     return float(np.median(a)), float(np.median(b)), float(np.median(np.divide(a, b)))
 
 
-def pipeline_rate(task_id: str, rows: int, prepacked: bool = False) -> float:
-    import seqio
-    import tensorflow as tf
+PIPELINES = ("seqio", "numpy_converter", "training")
 
-    import tasks.synthetic
+
+def pipeline_rate(task_id: str, rows: int, kind: str) -> float:
+    """Task examples per CPU-second through one packing pipeline, 64 rows per batch."""
+    import seqio
+
+    import tasks.synthetic  # noqa: F401
+    from synthpre_jax.data import dataset as data_lib
+    from synthpre_jax.data.packing import NumpyPackingEncDecFeatureConverter
 
     lengths = {"inputs": 512, "targets": 512}
-    if prepacked:
-        task = tasks.synthetic.register_synthetic_task(
-            task_id, task_name=f"benchmark_{task_id}_packed", pack_lengths=lengths)
-        ds = task.get_dataset(lengths, split="train", shuffle=False, seed=0)
-        all_lengths = {k + s: v for k, v in lengths.items()
-                       for s in ("", "_segment_ids", "_positions")}
-        ds = seqio.PrePackedEncDecFeatureConverter(pack=False)(ds, all_lengths).batch(64)
+    if kind == "training":
+        cfg = data_lib.DatasetConfig(mixture_or_task_name="synthpre_" + task_id,
+                                     task_feature_lengths=lengths, batch_size=64, pack=True)
+        ds = data_lib.get_dataset(cfg)
     else:
         task = seqio.get_mixture_or_task("synthpre_" + task_id)
         ds = task.get_dataset(lengths, split="train", shuffle=False, seed=0)
-        ds = seqio.EncDecFeatureConverter(pack=True)(ds, lengths).batch(64)
-    it = iter(ds)
+        converter = (seqio.EncDecFeatureConverter if kind == "seqio"
+                     else NumpyPackingEncDecFeatureConverter)(pack=True)
+        ds = converter(ds, lengths).batch(64)
+    it = ds.as_numpy_iterator()
     next(it)
     c0, ex, n = time.process_time(), 0, 0
     while n < rows:
         b = next(it)
-        ex += int(tf.reduce_sum(tf.reduce_max(b["encoder_segment_ids"], axis=1)))
+        ex += int(b["encoder_segment_ids"].max(axis=1).sum())
         n += 64
     rate = ex / (time.process_time() - c0)
     del it, ds, b  # stop this pipeline's prefetch threads before the next measurement
@@ -446,26 +452,23 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)
     rows = []
-    print(f"{'task':18s} {'ours/s':>10s} {'authors/s':>10s} {'ratio':>7s} {'pipeline/s':>11s} "
-          f"{'prepacked/s':>12s}")
+    print(f"{'task':18s} {'ours/s':>10s} {'authors/s':>10s} {'ratio':>7s} "
+          + " ".join(f"{k + '/s':>17s}" for k in PIPELINES))
     names = args.tasks.split(",")
     gen = {t: paired_rates(t, args.seconds, args.rounds) for t in names}  # before any tf.data
     for t in names:
         ours, theirs, ratio = gen[t]
-        pipe = packed = None
+        pipes = {k: None for k in PIPELINES}
         if not args.no_pipeline:
-            pipe = pipeline_rate(t, args.pipeline_rows)
-            if t != "nesting_language":
-                packed = pipeline_rate(t, args.pipeline_rows, prepacked=True)
+            pipes = {k: pipeline_rate(t, args.pipeline_rows, k) for k in PIPELINES}
         rows.append({"task": t, "ours_per_cpu_s": ours, "authors_per_cpu_s": theirs,
-                     "ratio": ratio, "pipeline_per_cpu_s": pipe,
-                     "prepacked_pipeline_per_cpu_s": packed})
+                     "ratio": ratio, **{f"{k}_pipeline_per_cpu_s": v for k, v in pipes.items()}})
 
         def fmt(x, w):
             return f"{x:{w}.0f}" if x is not None else f"{'-':>{w}s}"
 
-        print(f"{t:18s} {ours:10.0f} {theirs:10.0f} {ratio:7.1f} {fmt(pipe, 11)} "
-              f"{fmt(packed, 12)}", flush=True)
+        print(f"{t:18s} {ours:10.0f} {theirs:10.0f} {ratio:7.1f} "
+              + " ".join(fmt(pipes[k], 17) for k in PIPELINES), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(),

@@ -137,24 +137,91 @@ def get_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1,
                 per_host_batch_size: Optional[int] = None, num_epochs: Optional[int] = None,
                 start_batch: int = 0, task_name: Optional[str] = None):
     """A batched tf.data.Dataset of this host's shard with EncDecFeatureConverter features."""
-    import seqio
     _check(cfg)
     import_task_modules(cfg.module)
     name = task_name or cfg.mixture_or_task_name
     obj = get_task_or_mixture(name)
     if cfg.split not in obj.splits:
         raise UserError(f"task {name!r} has no split {cfg.split!r}; it has {sorted(obj.splits)}")
-    converter = seqio.EncDecFeatureConverter(pack=cfg.pack, use_custom_packing_ops=cfg.use_custom_packing_ops)
+    batch_size = per_host_batch_size or cfg.batch_size
+    source = packable_synthetic_source(obj, cfg)
+    if source is not None:
+        ds = _packed_synthetic_batches(obj, source, cfg, shard_id, num_shards, batch_size)
+    else:
+        ds = _seqio_batches(obj, cfg, shard_id, num_shards, batch_size, num_epochs)
+    if start_batch:
+        ds = ds.skip(start_batch)
+    import tensorflow as tf
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _seqio_batches(obj, cfg: DatasetConfig, shard_id: int, num_shards: int, batch_size: int,
+                   num_epochs: Optional[int]):
+    import seqio
+
+    from synthpre_jax.data.packing import NumpyPackingEncDecFeatureConverter
+    converter = NumpyPackingEncDecFeatureConverter(
+        pack=cfg.pack, use_custom_packing_ops=cfg.use_custom_packing_ops)
     ds = seqio.get_dataset(obj, task_feature_lengths=dict(cfg.task_feature_lengths),
                            feature_converter=converter, dataset_split=cfg.split,
                            use_cached=cfg.use_cached, shuffle=cfg.shuffle, num_epochs=num_epochs,
                            shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
                            verbose=False, seed=cfg.seed, trim_output_features=cfg.trim_output_features)
-    ds = ds.batch(per_host_batch_size or cfg.batch_size, drop_remainder=True)
-    if start_batch:
-        ds = ds.skip(start_batch)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def packable_synthetic_source(obj, cfg: DatasetConfig):
+    """The SyntheticDataSource of `obj` when its packed training batches can be built in
+    NumPy exactly as seqio builds them (else None).
+
+    That holds for a single synthetic task (not a mixture: seqio mixes examples before
+    packing) whose only preprocessor is `append_eos_after_trim`, on its infinite train
+    stream, packed with the default (not custom-op) packing.
+    """
+    import seqio
+
+    from synthpre_jax.data.sources import SyntheticDataSource
+    if not cfg.pack or cfg.use_custom_packing_ops or not isinstance(obj, seqio.Task):
+        return None
+    source = obj.source
+    if (not isinstance(source, SyntheticDataSource) or source.pack_lengths is not None
+            or cfg.split != "train" or source.train_size is not None):
+        return None
+    if list(obj.preprocessors) != [seqio.preprocessors.append_eos_after_trim]:
+        return None
+    feats = obj.output_features
+    if set(cfg.task_feature_lengths) != {"inputs", "targets"} or not all(
+            k in feats and feats[k].add_eos for k in ("inputs", "targets")):
+        return None
+    if feats["inputs"].vocabulary.eos_id != feats["targets"].vocabulary.eos_id:
+        return None
+    return source
+
+
+def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, num_shards: int,
+                              batch_size: int):
+    """Training batches of a synthetic task packed in NumPy: equal to seqio's
+    `EncDecFeatureConverter(pack=True)` batches (tests/test_packing.py), at several times
+    the rate, since no TF op runs per example or per row."""
     import tensorflow as tf
-    return ds.prefetch(tf.data.AUTOTUNE)
+
+    from synthpre_jax.data.packing import MODEL_FEATURES, packed_batches
+    lengths = {k: int(cfg.task_feature_lengths[k]) for k in ("inputs", "targets")}
+    eos = obj.output_features["targets"].vocabulary.eos_id
+    model_lengths = {n: lengths["inputs" if n.startswith("encoder") else "targets"]
+                     for n in MODEL_FEATURES}
+
+    # Build the NumPy task and the validation keys here, not in the generator: that runs
+    # on a tf.data thread, and loading a vocabulary there can wait for a TF thread pool
+    # the generator itself occupies (a hang with one inter-op thread).
+    source.excluded_keys(source.seed if cfg.seed is None else int(cfg.seed))
+
+    def gen():
+        groups = source.packing_groups(cfg.split, cfg.seed, shard_id, num_shards, lengths, eos)
+        yield from packed_batches(groups, lengths, batch_size)
+
+    sig = {n: tf.TensorSpec([batch_size, model_lengths[n]], tf.int32) for n in MODEL_FEATURES}
+    return tf.data.Dataset.from_generator(gen, output_signature=sig)
 
 
 def numpy_batches(ds) -> Iterator[dict]:

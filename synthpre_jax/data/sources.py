@@ -16,25 +16,28 @@ examples into tf.data:
     resuming stays exact;
   * no shuffle buffer: examples are i.i.d. already (`performs_internal_shuffling`);
   * with `pack_lengths` (e.g. {"inputs": 512, "targets": 512}) the source appends
-    EOS after trimming and packs each chunk greedily in NumPy, yielding rows with
-    `*_segment_ids`/`*_positions` for `seqio.PrePackedEncDecFeatureConverter`.
-    This skips seqio's per-example TF maps and its while-loop packing, which
-    bound the standard path's rate (see benchmarks/synthetic_throughput.py);
-    a mixture of packed tasks mixes rows, not examples.
+    EOS after trimming and packs in NumPy, yielding rows with `*_segment_ids` /
+    `*_positions` (for `data.packing.NumpyPackingEncDecFeatureConverter` or
+    `seqio.PrePackedEncDecFeatureConverter`). The rows are exactly those
+    `seqio.EncDecFeatureConverter(pack=True)` builds from the unpacked stream
+    (same groups of max(lengths) examples, same greedy rule), without seqio's
+    per-example TF maps and while-loop packing, which bound the standard path's
+    rate (benchmarks/synthetic_throughput.py). A mixture of packed tasks would
+    mix rows, not examples, so only single tasks use it (data/dataset.py).
 The generator runs in a tf.data thread and yields chunks of `chunk_size` (256)
 examples as ragged tensors, which are unbatched into examples.
 """
 from __future__ import annotations
 
 import threading
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from synthpre_jax.synthetic.base import SyntheticTask, iter_shard, validation_keys
-from synthpre_jax.synthetic.ragged import append_eos_after_trim, pack_greedy
+from synthpre_jax.synthetic.ragged import Ragged, append_eos_after_trim, pack_like_seqio
 from synthpre_jax.synthetic.registry import make_task
 
 DEFAULT_VALIDATION_SIZE = 10_000
@@ -160,22 +163,50 @@ class SyntheticDataSource(seqio.DataSource):
         return ds.map(to_ragged).unbatch()
 
 
+    def packing_groups(self, split: str, seed: Optional[int], shard_index: int, num_shards: int,
+                       lengths: Mapping[str, int], eos_id: int) -> Iterator[dict]:
+        """This host's examples with EOS appended after trimming, in the groups of
+        max(lengths) examples that seqio's packing works on (`seqio_packing_groups`)."""
+        blocks = ({f: append_eos_after_trim(b[f], lengths[f], eos_id) for f in lengths}
+                  for _, b in self.iter_blocks(split, seed, shard_index, num_shards))
+        return seqio_packing_groups(blocks, max(lengths.values()))
+
     def _packed_dataset(self, split, seed, index, count) -> tf.data.Dataset:
         lengths = self.pack_lengths
-        eos = self.vocabulary.eos_id
         if not set(lengths) <= set(self.task.features):
             raise ValueError(f"pack_lengths {sorted(lengths)} not in features {self.task.features}")
 
         def gen():
-            for _, block in self.iter_blocks(split, seed, index, count):
-                block = {f: append_eos_after_trim(block[f], lengths[f], eos) for f in lengths}
-                yield pack_greedy(block, lengths)
+            eos = self.vocabulary.eos_id
+            for group in self.packing_groups(split, seed, index, count, lengths, eos):
+                yield pack_like_seqio(group, lengths)
 
         sig = {}
         for f, n in lengths.items():
             for suffix in ("", "_segment_ids", "_positions"):
                 sig[f + suffix] = tf.TensorSpec([None, n], tf.int32)
         return tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
+
+
+def seqio_packing_groups(blocks: Iterator[dict], size: int) -> Iterator[dict]:
+    """Re-cut a stream of example blocks into groups of exactly `size` examples (the
+    last one shorter), the groups seqio's packing works on, so that packing each
+    group gives seqio's rows."""
+    pending, have = [], 0
+    for block in blocks:
+        pending.append(block)
+        have += len(next(iter(block.values())))
+        if have < size:
+            continue
+        merged = {f: Ragged.concat([p[f] for p in pending]) for f in block}
+        start = 0
+        while have - start >= size:
+            yield {f: r.slice(start, start + size) for f, r in merged.items()}
+            start += size
+        pending = [{f: r.slice(start, have) for f, r in merged.items()}]
+        have -= start
+    if have:
+        yield {f: Ragged.concat([p[f] for p in pending]) for f in pending[0]}
 
 
 class _VocabularyCodec:

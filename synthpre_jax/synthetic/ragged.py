@@ -333,46 +333,59 @@ def append_eos_after_trim(r: Ragged, max_length: int | None, eos_id: int = 1) ->
     return join([trimmed, ones])
 
 
-def pack_greedy(block: dict, lengths: dict) -> dict:
-    """Pack examples into rows of fixed lengths, in order, like seqio's packing.
+def greedy_rows(lengths: np.ndarray, capacity: Sequence[int]) -> np.ndarray:
+    """Row of each example when packing in order: a row closes when the next example
+    would overflow any feature (lengths: [examples, features], each <= its capacity)."""
+    rows = np.empty(len(lengths), dtype=np.int64)
+    row, fill, cap = 0, [0] * len(capacity), list(capacity)
+    for i, ex in enumerate(lengths.tolist()):
+        if any(f + e > c for f, e, c in zip(fill, ex, cap)):
+            row, fill = row + 1, ex
+        else:
+            fill = [f + e for f, e in zip(fill, ex)]
+        rows[i] = row
+    return rows
 
-    A new row starts when the next example would overflow any feature. Returns
-    int32 arrays [rows, length] for each feature and its `_segment_ids` (1, 2, ...
-    per example, 0 = padding) and `_positions` (position within the example),
-    the features `seqio.PrePackedEncDecFeatureConverter` reads.
+
+def pack_like_seqio(block: dict, lengths: dict) -> dict:
+    """One group of examples packed into rows exactly as seqio's `trim_and_pack_dataset`.
+
+    seqio packs groups of `max(lengths)` examples (its `padded_batch`); call this once
+    per such group to reproduce its rows. Per group, as seqio does: each feature is
+    trimmed to its length and then cut to as many leading ids as it has non-zero
+    ids; examples join the current row while every feature fits; the last row is
+    always written (an empty group gives one all-padding row). Returns int32
+    [rows, length] arrays `<f>`, `<f>_positions` and `<f>_segment_ids`, the latter
+    being seqio's `cumsum(position == 0) * (token != 0)` along the row.
     """
     feats = list(lengths)
     n = len(block[feats[0]])
-    lens = {f: np.minimum(block[f].lengths, lengths[f]).tolist() for f in feats}
-    row = np.empty(n, dtype=np.int64)
-    seg = np.empty(n, dtype=np.int64)
-    offs = {f: np.empty(n, dtype=np.int64) for f in feats}
-    used = {f: 0 for f in feats}
-    r, s = 0, 0
-    for j in range(n):
-        if s and any(used[f] + lens[f][j] > lengths[f] for f in feats):
-            r, s = r + 1, 0
-            used = {f: 0 for f in feats}
-        s += 1
-        row[j], seg[j] = r, s
-        for f in feats:
-            offs[f][j] = used[f]
-            used[f] += lens[f][j]
-    rows = r + 1 if n else 0
+    kept = {}
+    for f in feats:
+        r = block[f]
+        nonzero = (r.positions() < np.repeat(np.minimum(r.lengths, lengths[f]), r.lengths)) & (r.values != 0)
+        kept[f] = np.bincount(r.row_ids()[nonzero], minlength=n)
+    row = greedy_rows(np.stack([kept[f] for f in feats], axis=1).reshape(n, len(feats)),
+                      [lengths[f] for f in feats])
+    num_rows = int(row[-1]) + 1 if n else 1
+    new_row = np.ones(n, dtype=bool)
+    new_row[1:] = row[1:] != row[:-1]
     out = {}
     for f in feats:
-        L = lengths[f]
-        rr = block[f]
-        ln = np.asarray(lens[f], dtype=np.int64)
-        pos = rr.positions()
-        keep = pos < np.repeat(ln, rr.lengths)
-        dest = (np.repeat(row * L + offs[f], rr.lengths) + pos)[keep]
-        for name, vals in ((f, rr.values[keep]),
-                           (f + "_segment_ids", np.repeat(seg, rr.lengths)[keep]),
-                           (f + "_positions", pos[keep])):
-            a = np.zeros(rows * L, dtype=ID_DTYPE)
-            a[dest] = vals
-            out[name] = a.reshape(rows, L)
+        r, size, length = block[f], kept[f], lengths[f]
+        stream = np.cumsum(size) - size                  # start of each example, rows concatenated
+        col = stream - np.repeat(stream[new_row], np.diff(np.append(np.flatnonzero(new_row), n)))
+        within = segment_positions(size)
+        src = np.repeat(r.starts, size) + within
+        dst = np.repeat(row * length + col, size) + within
+        tokens = np.zeros(num_rows * length, dtype=ID_DTYPE)
+        positions = np.zeros(num_rows * length, dtype=ID_DTYPE)
+        tokens[dst] = r.values[src]
+        positions[dst] = within
+        tokens, positions = tokens.reshape(num_rows, length), positions.reshape(num_rows, length)
+        out[f], out[f + "_positions"] = tokens, positions
+        out[f + "_segment_ids"] = (np.cumsum(positions == 0, axis=1, dtype=ID_DTYPE)
+                                   * (tokens != 0)).astype(ID_DTYPE)
     return out
 
 
