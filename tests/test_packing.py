@@ -98,20 +98,20 @@ def _seqio_task_rows(task, lengths, converter, n, shard=None, seed=0):
     return _rows(converter(ds, lengths).take(n))
 
 
-@pytest.mark.parametrize("name", ["identity", "union", "induct"])
+@pytest.mark.parametrize("name", ["union", "induct"])
 def test_prepacked_synthetic_task_equals_seqio_packing(name):
     lengths = {"inputs": 96, "targets": 64}
     plain = seqio.get_mixture_or_task("synthpre_" + name)
     packed = tasks.synthetic.register_synthetic_task(
         name, task_name=f"test_packing_{name}", pack_lengths=lengths)
     try:
-        ref = _seqio_task_rows(plain, lengths, seqio.EncDecFeatureConverter(pack=True), 60)
-        got = _seqio_task_rows(packed, lengths, NumpyPackingEncDecFeatureConverter(pack=True), 60)
+        ref = _seqio_task_rows(plain, lengths, seqio.EncDecFeatureConverter(pack=True), 30)
+        got = _seqio_task_rows(packed, lengths, NumpyPackingEncDecFeatureConverter(pack=True), 30)
         _assert_same_rows(ref, got)
         # seqio's own pre-packed converter reads the same rows
         pre = {k + s: v for k, v in lengths.items() for s in ("", "_segment_ids", "_positions")}
         ds = packed.get_dataset(lengths, split="train", shuffle=False, seed=0)
-        _assert_same_rows(ref, _rows(seqio.PrePackedEncDecFeatureConverter(pack=False)(ds, pre).take(60)))
+        _assert_same_rows(ref, _rows(seqio.PrePackedEncDecFeatureConverter(pack=False)(ds, pre).take(30)))
     finally:
         seqio.TaskRegistry.remove(f"test_packing_{name}")
 
