@@ -1,4 +1,4 @@
-"""Sharded training equals single-device training: 12 steps of a tiny T5 on 8 simulated CPU
+"""Sharded training equals single-device training: 6 steps of a tiny T5 on 8 simulated CPU
 devices on a 2x4 ('data', 'model') mesh, and on a 4x2 mesh with 2 microbatches, give the
 losses of 1 device (without / with microbatches; 1e-5 relative), and the parameters really
 are sharded over 'model'. (4x2 without microbatches added 25% to the suite's longest test and
@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(r'''
                  "--gin.CHECKPOINT_PERIOD=1000", "--gin.DROPOUT_RATE=0.1", f"--gin.NUM_MICROBATCHES={micro}",
                  # widths divisible by the model axis so every partitioned dim really is split
                  "--gin.network.T5Config.num_heads=4", "--gin.network.T5Config.head_dim=8"]
-        args = T.parse_args(tiny_train_argv(d, 12, batch=16, extra=extra))
+        args = T.parse_args(tiny_train_argv(d, 6, batch=16, extra=extra))
         T._register_configurables()
         gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
         part = PjitPartitioner(num_partitions=model, devices=jax.devices()[:data * model])
@@ -51,7 +51,7 @@ def test_sharded_equals_single_device():
     # microbatches draw their own dropout masks, so they are compared with 1 device + microbatches
     for key, ref_key in (("2x4x1", "1x1x1"), ("4x2x2", "1x1x2")):
         ref = out[ref_key]["losses"]
-        assert len(ref) == 12 and len(out[key]["losses"]) == 12
+        assert len(ref) == 6 and len(out[key]["losses"]) == 6
         for a, b in zip(out[key]["losses"], ref):
             assert abs(a - b) <= 1e-5 * abs(b), (key, a, b)
     for key, model in (("4x2x2", 2), ("2x4x1", 4)):

@@ -19,8 +19,9 @@ examples into tf.data:
     EOS after trimming and packs in NumPy, yielding rows with `*_segment_ids` /
     `*_positions` (for `data.packing.NumpyPackingEncDecFeatureConverter` or
     `seqio.PrePackedEncDecFeatureConverter`). The rows are exactly those
-    `seqio.EncDecFeatureConverter(pack=True)` builds from the unpacked stream
-    (same groups of max(lengths) examples, same greedy rule), without seqio's
+    `seqio.EncDecFeatureConverter(pack=True)` builds from one pass of the unpacked
+    stream (same groups of max(lengths) examples, same greedy rule; seqio repeating a
+    finite split would also pack across the epoch seam), without seqio's
     per-example TF maps and while-loop packing, which bound the standard path's
     rate (benchmarks/synthetic_throughput.py). A mixture of packed tasks would
     mix rows, not examples, so only single tasks use it (data/dataset.py).
@@ -162,7 +163,6 @@ class SyntheticDataSource(seqio.DataSource):
 
         return ds.map(to_ragged).unbatch()
 
-
     def packing_groups(self, split: str, seed: Optional[int], shard_index: int, num_shards: int,
                        lengths: Mapping[str, int], eos_id: int) -> Iterator[dict]:
         """This host's examples with EOS appended after trimming, in the groups of
@@ -176,8 +176,9 @@ class SyntheticDataSource(seqio.DataSource):
         if not set(lengths) <= set(self.task.features):
             raise ValueError(f"pack_lengths {sorted(lengths)} not in features {self.task.features}")
 
+        eos = self.vocabulary.eos_id  # resolved here, not on the tf.data thread
+
         def gen():
-            eos = self.vocabulary.eos_id
             for group in self.packing_groups(split, seed, index, count, lengths, eos):
                 yield pack_like_seqio(group, lengths)
 
