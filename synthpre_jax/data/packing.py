@@ -100,7 +100,7 @@ class NumpyPackingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
         bos = int(self.bos_id)
         names = list(MODEL_FEATURES)
         if is_prepacked(ds):
-            ds = ds.map(lambda x: {k: tf.cast(x[k], tf.int32) for k in PACKED_FEATURES})
+            # no per-row cast: `model_features` casts each batch of rows
             return _numpy_map(ds.batch(ROW_BATCH), lambda rows: model_features(rows, bos),
                               list(PACKED_FEATURES), names, model_lengths).unbatch()
         keys = list(lengths)

@@ -365,7 +365,7 @@ def pack_like_seqio(block: dict, lengths: dict) -> dict:
         r = block[f]
         nonzero = (r.positions() < np.repeat(np.minimum(r.lengths, lengths[f]), r.lengths)) & (r.values != 0)
         kept[f] = np.bincount(r.row_ids()[nonzero], minlength=n)
-    row = greedy_rows(np.stack([kept[f] for f in feats], axis=1).reshape(n, len(feats)),
+    row = greedy_rows(np.stack([kept[f] for f in feats], axis=1),
                       [lengths[f] for f in feats])
     num_rows = int(row[-1]) + 1 if n else 1
     new_row = np.ones(n, dtype=bool)
