@@ -39,7 +39,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from synthpre_jax.synthetic.ragged import Ragged, pack_like_seqio
+from synthpre_jax.synthetic.ragged import Ragged, pack_like_seqio, recut
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
                   "decoder_loss_weights", "encoder_segment_ids", "decoder_segment_ids",
@@ -131,17 +131,7 @@ def packed_batches(groups: Iterator[Mapping[str, Ragged]], lengths: Mapping[str,
     by `.batch(batch_size, drop_remainder=True)` would give, built without any
     per-row TF work; a last incomplete batch is dropped.
     """
-    pending, have = [], 0
-    for group in groups:
-        rows = model_features(pack_like_seqio(group, lengths), bos_id)
-        pending.append(rows)
-        have += len(rows["decoder_target_tokens"])
-        if have < batch_size:
-            continue
-        merged = {n: np.concatenate([p[n] for p in pending]) for n in MODEL_FEATURES}
-        start = 0
-        while have - start >= batch_size:
-            yield {n: merged[n][start:start + batch_size] for n in MODEL_FEATURES}
-            start += batch_size
-        pending = [{n: merged[n][start:] for n in MODEL_FEATURES}]
-        have -= start
+    rows = (model_features(pack_like_seqio(g, lengths), bos_id) for g in groups)
+    return recut(rows, batch_size, lambda r: len(r["decoder_target_tokens"]),
+                 lambda rs: {n: np.concatenate([r[n] for r in rs]) for n in MODEL_FEATURES},
+                 lambda r, lo, hi: {n: v[lo:hi] for n, v in r.items()}, keep_last=False)

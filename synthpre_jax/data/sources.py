@@ -38,7 +38,7 @@ import seqio
 import tensorflow as tf
 
 from synthpre_jax.synthetic.base import SyntheticTask, iter_shard, validation_keys
-from synthpre_jax.synthetic.ragged import Ragged, append_eos_after_trim, pack_like_seqio
+from synthpre_jax.synthetic.ragged import Ragged, append_eos_after_trim, pack_like_seqio, recut
 from synthpre_jax.synthetic.registry import make_task
 
 DEFAULT_VALIDATION_SIZE = 10_000
@@ -193,21 +193,9 @@ def seqio_packing_groups(blocks: Iterator[dict], size: int) -> Iterator[dict]:
     """Re-cut a stream of example blocks into groups of exactly `size` examples (the
     last one shorter), the groups seqio's packing works on, so that packing each
     group gives seqio's rows."""
-    pending, have = [], 0
-    for block in blocks:
-        pending.append(block)
-        have += len(next(iter(block.values())))
-        if have < size:
-            continue
-        merged = {f: Ragged.concat([p[f] for p in pending]) for f in block}
-        start = 0
-        while have - start >= size:
-            yield {f: r.slice(start, start + size) for f, r in merged.items()}
-            start += size
-        pending = [{f: r.slice(start, have) for f, r in merged.items()}]
-        have -= start
-    if have:
-        yield {f: Ragged.concat([p[f] for p in pending]) for f in pending[0]}
+    return recut(blocks, size, lambda b: len(next(iter(b.values()))),
+                 lambda bs: {f: Ragged.concat([b[f] for b in bs]) for f in bs[0]},
+                 lambda b, lo, hi: {f: r.slice(lo, hi) for f, r in b.items()}, keep_last=True)
 
 
 class _VocabularyCodec:

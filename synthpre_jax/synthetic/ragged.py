@@ -333,6 +333,27 @@ def append_eos_after_trim(r: Ragged, max_length: int | None, eos_id: int = 1) ->
     return join([trimmed, ones])
 
 
+def recut(blocks, size: int, count, concat, cut, keep_last: bool):
+    """Re-cut a stream of blocks into blocks of exactly `size` items, in order.
+
+    `count(b)` is a block's length, `concat(list)` joins blocks, `cut(b, lo, hi)`
+    takes items lo..hi-1; the shorter remainder is yielded at the end if `keep_last`.
+    """
+    pending, have = [], 0
+    for block in blocks:
+        pending.append(block)
+        have += count(block)
+        if have < size:
+            continue
+        merged, start = concat(pending), 0
+        while have - start >= size:
+            yield cut(merged, start, start + size)
+            start += size
+        pending, have = [cut(merged, start, have)], have - start
+    if keep_last and have:
+        yield concat(pending)
+
+
 def greedy_rows(lengths: np.ndarray, capacity: Sequence[int]) -> np.ndarray:
     """Row of each example when packing in order: a row closes when the next example
     would overflow any feature (lengths: [examples, features], each <= its capacity)."""
