@@ -9,8 +9,13 @@ vs 0.1 ms with the memory reused). Raising glibc's mmap and trim thresholds
 (`mallopt`) lets the temporaries reuse heap memory; the price is that the
 process keeps up to `TRIM_BYTES` of freed heap instead of returning it.
 
-It changes a process-wide setting, so it runs once, on the first generated
-block, only on glibc, and not at all when `SYNTHPRE_MALLOC_TUNING=0`.
+It changes a process-wide setting: only on glibc, and not at all when
+`SYNTHPRE_MALLOC_TUNING=0`. It is re-applied before every generated block
+(~1 us), not once: TensorFlow's `GeneratorDatasetOp` sets the mmap threshold
+back to 128 KB each time such a kernel is built (its "Python 3.11 memory patch"),
+that is, whenever a `tf.data.Dataset.from_generator` iterator starts. Applied
+once, the tuning was lost exactly where our generators run, on tf.data threads:
+NumPy work there took ~4x longer with ~50x the page faults.
 """
 from __future__ import annotations
 
@@ -24,22 +29,26 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_BYTES = 32 << 20   # glibc's largest allowed mmap threshold on 64-bit
 TRIM_BYTES = 64 << 20
 
-_result: bool | None = None  # None: not tried yet
+_mallopt = None  # libc's mallopt while tuning is on; False once it is found off
+
+
+def _find_mallopt():
+    if os.environ.get(ENV_VAR, "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
 
 
 def tune_malloc() -> bool:
-    """Apply the thresholds once per process; True when they are in effect."""
-    global _result
-    if _result is not None:
-        return _result
-    _result = False
-    try:
-        if os.environ.get(ENV_VAR, "1") == "0" or platform.libc_ver()[0] != "glibc":
-            return False
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_BYTES) == 1
-              and libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1)
-    except (OSError, AttributeError):
-        ok = False
-    _result = bool(ok)
-    return _result
+    """(Re-)apply the thresholds; True when they are in effect."""
+    global _mallopt
+    if _mallopt is None:
+        _mallopt = _find_mallopt()
+    if not _mallopt:
+        return False
+    if _mallopt(M_MMAP_THRESHOLD, MMAP_BYTES) == 1 and _mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1:
+        return True
+    _mallopt = False
+    return False

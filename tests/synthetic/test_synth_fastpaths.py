@@ -120,3 +120,31 @@ def test_malloc_tuning_can_be_switched_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_malloc_tuning_survives_tensorflow_generator_datasets():
+    """tf.data's GeneratorDatasetOp resets glibc's mmap threshold to 128 KB when its
+    iterator starts; generation must re-apply the tuning, or every 1 MB temporary on
+    the tf.data thread is fresh memory (256 page faults each)."""
+    code = """
+import resource, numpy as np, tensorflow as tf
+from synthpre_jax.synthetic import make_task
+from synthpre_jax.synthetic.base import generate
+task = make_task("identity")
+generate(task, 0, "train", np.arange(8))  # tuned here, before tf.data resets it
+def faults():
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+def gen():
+    generate(task, 0, "train", np.arange(8))
+    np.ones(1 << 18, np.int32).sum()
+    before = faults()
+    for _ in range(50):
+        np.ones(1 << 18, np.int32).sum()
+    yield faults() - before
+ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([], tf.int64))
+print(int(next(iter(ds))))
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[-1]) < 50 * 256 // 4, out
