@@ -132,7 +132,10 @@ class FallbackCodec:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        words = text.split()
+        return self.encode_words(text.split())
+
+    def encode_words(self, words: list[str]) -> list[int]:
+        """`encode(" ".join(words))` for words without whitespace: this codec is word by word."""
         parts = list(map(self._cache.get, words))  # cached words without a Python call each
         if None in parts:
             parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
