@@ -47,6 +47,8 @@ def start_devices(num_devices: int) -> None:
     jax.config.update("jax_num_cpu_devices", int(num_devices))
     if num_devices > 1:  # see conftest.subprocess_env: cached multi-device executables deadlock
         jax.config.update("jax_enable_compilation_cache", False)
+        from conftest import FAST_COMPILE_XLA_FLAGS  # read when the CPU backend starts
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
 
 
 def _kill_self_at_commit(step_dir_name: str, after_rename: bool) -> None:
