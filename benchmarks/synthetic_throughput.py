@@ -22,8 +22,10 @@ For every task it measures, on one process with TensorFlow limited to one thread
             numpy_converter  `data.packing.NumpyPackingEncDecFeatureConverter`, same rows;
             training         `data.dataset.get_dataset(pack=True)`, the trainer's input:
                              for a single synthetic task the same batches built in
-                             NumPy without per-row TF work; for nesting_language (span
-                             corruption in TF) the numpy_converter path.
+                             NumPy without per-row TF work (for nesting_language span
+                             corruption included, `synthetic.span_noise`).
+            For nesting_language an example is a span-corrupted segment (568 tokens
+            of documents -> 512 inputs), not a generator example (a 16-sentence document).
 Rates use CPU time (the measuring thread's for the generators, the process's for
 the tf.data pipelines, whose work runs in TF threads), so other load on the machine
 inflates them less than wall time would; ours and the authors' loop are measured in

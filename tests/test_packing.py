@@ -1,4 +1,5 @@
 """NumPy packing against seqio's own packing and converter (the oracle): same rows, bit for bit."""
+import gin
 import numpy as np
 import pytest
 
@@ -116,12 +117,15 @@ def test_prepacked_synthetic_task_equals_seqio_packing(name):
         seqio.TaskRegistry.remove(f"test_packing_{name}")
 
 
-@pytest.mark.parametrize("shard_id,seed", [(0, 0), (1, 7)])
-def test_training_batches_equal_seqio_batches(shard_id, seed):
-    cfg = data_lib.DatasetConfig(mixture_or_task_name="synthpre_sort",
+@pytest.mark.parametrize("name,shard_id,seed", [("synthpre_sort", 0, 0), ("synthpre_sort", 1, 7),
+                                                ("synthpre_nesting_language", 1, 3)])
+def test_training_batches_equal_seqio_batches(name, shard_id, seed):
+    """The trainer's NumPy batches against seqio's, for a plain task and for a
+    span-corrupted one (documents -> T5 span corruption -> EOS -> packing)."""
+    cfg = data_lib.DatasetConfig(mixture_or_task_name=name,
                                  task_feature_lengths={"inputs": 128, "targets": 96},
                                  batch_size=4, pack=True, seed=seed)
-    obj = seqio.get_mixture_or_task("synthpre_sort")
+    obj = seqio.get_mixture_or_task(name)
     assert data_lib.packable_synthetic_source(obj, cfg) is obj.source
     got = list(data_lib.get_dataset(cfg, shard_id, 2).take(6).as_numpy_iterator())
     ref = seqio.get_dataset(obj, task_feature_lengths=dict(cfg.task_feature_lengths),
@@ -143,8 +147,16 @@ def test_fast_path_only_where_it_is_exact():
     assert check(get("synthpre_set"), data_lib.DatasetConfig(
         "synthpre_set", use_custom_packing_ops=True, **base)) is None
     assert check(get("synthpre_lime"), data_lib.DatasetConfig("synthpre_lime", **base)) is None  # mixture
-    assert check(get("synthpre_nesting_language"),
-                 data_lib.DatasetConfig("synthpre_nesting_language", **base)) is None  # span corruption
+    nesting = get("synthpre_nesting_language")
+    assert check(nesting, data_lib.DatasetConfig("synthpre_nesting_language", **base)) is nesting.source
+    short = {**base, "task_feature_lengths": {"inputs": 64, "targets": 8}}  # seqio raises here
+    assert check(nesting, data_lib.DatasetConfig("synthpre_nesting_language", **short)) is None
+    with gin.unlock_config():
+        gin.bind_parameter("synthpre.span_corruption.merge_examples_to_reduce_padding", False)
+    try:
+        assert check(nesting, data_lib.DatasetConfig("synthpre_nesting_language", **base)) is None
+    finally:
+        gin.clear_config()
 
 
 def test_packed_batches_regroup_rows():

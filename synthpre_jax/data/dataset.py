@@ -175,8 +175,9 @@ def packable_synthetic_source(obj, cfg: DatasetConfig):
     NumPy exactly as seqio builds them (else None).
 
     That holds for a single synthetic task (not a mixture: seqio mixes examples before
-    packing) whose only preprocessor is `append_eos_after_trim`, on its infinite train
-    stream, packed with the default (not custom-op) packing.
+    packing) whose preprocessors are `append_eos_after_trim`, or T5 span corruption then
+    `append_eos_after_trim` with settings the NumPy chain covers (`_span_settings`), on
+    its infinite train stream, packed with the default (not custom-op) packing.
     """
     import seqio
 
@@ -187,7 +188,10 @@ def packable_synthetic_source(obj, cfg: DatasetConfig):
     if (not isinstance(source, SyntheticDataSource) or source.pack_lengths is not None
             or cfg.split != "train" or source.train_size is not None):
         return None
-    if list(obj.preprocessors) != [seqio.preprocessors.append_eos_after_trim]:
+    preprocessors = list(obj.preprocessors)
+    if not preprocessors or preprocessors[-1] != seqio.preprocessors.append_eos_after_trim:
+        return None
+    if len(preprocessors) > 1 and _span_settings(obj, cfg) is None:
         return None
     feats = obj.output_features
     if set(cfg.task_feature_lengths) != {"inputs", "targets"} or not all(
@@ -196,6 +200,16 @@ def packable_synthetic_source(obj, cfg: DatasetConfig):
     if feats["inputs"].vocabulary.eos_id != feats["targets"].vocabulary.eos_id:
         return None
     return source
+
+
+def _span_settings(obj, cfg: DatasetConfig) -> Optional[dict]:
+    """`span_noise.span_corrupt_stream`'s arguments when `obj` is a span-corrupted synthetic
+    task (its preprocessors: span corruption, EOS) the NumPy chain reproduces; else None."""
+    from synthpre_jax.data.span_corruption import numpy_stream_settings
+    preprocessors = list(obj.preprocessors)
+    if len(preprocessors) != 2 or tuple(obj.source.task.features) != ("targets",):
+        return None
+    return numpy_stream_settings(preprocessors[0], cfg.task_feature_lengths, obj.output_features)
 
 
 def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, num_shards: int,
@@ -215,9 +229,11 @@ def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, nu
     # on a tf.data thread, and loading a vocabulary there can wait for a TF thread pool
     # the generator itself occupies (a hang with one inter-op thread).
     source.excluded_keys(source.seed if cfg.seed is None else int(cfg.seed))
+    corruption = _span_settings(obj, cfg) if len(obj.preprocessors) > 1 else None
 
     def gen():
-        groups = source.packing_groups(cfg.split, cfg.seed, shard_id, num_shards, lengths, eos)
+        groups = source.packing_groups(cfg.split, cfg.seed, shard_id, num_shards, lengths, eos,
+                                       corruption)
         yield from packed_batches(groups, lengths, batch_size)
 
     sig = {n: tf.TensorSpec([batch_size, model_lengths[n]], tf.int32) for n in MODEL_FEATURES}

@@ -40,6 +40,7 @@ import tensorflow as tf
 from synthpre_jax.synthetic.base import SyntheticTask, iter_shard, validation_keys
 from synthpre_jax.synthetic.ragged import Ragged, append_eos_after_trim, pack_like_seqio, recut
 from synthpre_jax.synthetic.registry import make_task
+from synthpre_jax.synthetic.span_noise import span_corrupt_stream
 
 DEFAULT_VALIDATION_SIZE = 10_000
 _VALIDATION_KEYS: dict[tuple, set] = {}
@@ -164,11 +165,19 @@ class SyntheticDataSource(seqio.DataSource):
         return ds.map(to_ragged).unbatch()
 
     def packing_groups(self, split: str, seed: Optional[int], shard_index: int, num_shards: int,
-                       lengths: Mapping[str, int], eos_id: int) -> Iterator[dict]:
+                       lengths: Mapping[str, int], eos_id: int,
+                       span_corruption: Optional[Mapping] = None) -> Iterator[dict]:
         """This host's examples with EOS appended after trimming, in the groups of
-        max(lengths) examples that seqio's packing works on (`seqio_packing_groups`)."""
+        max(lengths) examples that seqio's packing works on (`seqio_packing_groups`).
+
+        With `span_corruption` (`span_noise.span_corrupt_stream`'s arguments) the
+        examples are the span-corrupted segments of the (targets-only) documents."""
+        blocks = (b for _, b in self.iter_blocks(split, seed, shard_index, num_shards))
+        if span_corruption is not None:
+            pairs = span_corrupt_stream((b["targets"] for b in blocks), **span_corruption)
+            blocks = ({"inputs": i, "targets": t} for i, t in pairs)
         blocks = ({f: append_eos_after_trim(b[f], lengths[f], eos_id) for f in lengths}
-                  for _, b in self.iter_blocks(split, seed, shard_index, num_shards))
+                  for b in blocks)
         return seqio_packing_groups(blocks, max(lengths.values()))
 
     def _packed_dataset(self, split, seed, index, count) -> tf.data.Dataset:

@@ -17,12 +17,16 @@ The objective (Raffel et al. 2020, §3.1.4), as T5's `span_corruption`:
 This module writes that algorithm itself (T5/seqio code is not a dependency).
 
 Seeds are stateless and per example: each segment's noise mask is drawn from
-(`seed`, a fingerprint of the segment's tokens), so the output is a pure function
-of the data and `seed` — independent of hosts, epochs, restarts and of seqio's
-seed manager. Identical segments get identical masks.
+(`seed`, a hash of the segment's tokens), so the output is a pure function of the
+data and `seed` — independent of hosts, epochs, restarts and of seqio's seed
+manager. Identical segments get identical masks. The masks come from
+`synthetic.span_noise` (NumPy, one call per segment): the trainer's NumPy input
+path for span-corrupted synthetic tasks uses the same function for whole blocks
+of segments, so both give the same examples.
 
-NumPy functions (`*_np`) are the reference implementation: tests check them on
-hand-worked examples and statistics, and the TF functions against them.
+The plain NumPy functions (`*_np`, drawing from a `np.random.Generator`) are the
+reference: tests check them on hand-worked examples, the TF sentinel step
+against them, and the masks' statistics against theirs.
 """
 from __future__ import annotations
 
@@ -34,46 +38,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-NOISE_DENSITY = 0.15
-MEAN_NOISE_SPAN_LENGTH = 3.0
-
-
-# ---------------------------------------------------------------------------
-# Lengths
-# ---------------------------------------------------------------------------
-def _round_half_even(x: float) -> int:
-    return int(np.round(x))  # NumPy and TF both round half to even
-
-
-def noise_counts(length: int, noise_density: float = NOISE_DENSITY,
-                 mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tuple[int, int]:
-    """(noise tokens, noise spans) for a segment, with T5's degeneracy guards."""
-    length = max(int(length), 2)
-    noise = min(max(_round_half_even(length * noise_density), 1), length - 1)
-    spans = max(_round_half_even(noise / mean_noise_span_length), 1)
-    return noise, spans
-
-
-def random_spans_helper(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                        mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
-                        extra_tokens_per_span_inputs: int = 1,
-                        extra_tokens_per_span_targets: int = 1) -> tuple[int, int]:
-    """(segment length, targets length) so that noised inputs + EOS fill `inputs_length`."""
-
-    def lengths(tokens: int) -> tuple[int, int]:
-        noise = _round_half_even(tokens * noise_density)
-        spans = _round_half_even(noise / mean_noise_span_length)
-        return (tokens - noise + spans * extra_tokens_per_span_inputs + 1,
-                noise + spans * extra_tokens_per_span_targets + 1)
-
-    tokens = inputs_length - 1
-    while lengths(tokens + 1)[0] <= inputs_length:
-        tokens += 1
-    inputs, targets = lengths(tokens)
-    if noise_density == 0.5 and targets > inputs:  # T5 keeps targets <= inputs here
-        tokens -= 1
-        targets -= 1
-    return tokens, targets
+from synthpre_jax.synthetic.span_noise import (MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY,  # noqa: F401
+                                               chunk_start, noise_counts, noise_mask,
+                                               random_spans_helper)
 
 
 # ---------------------------------------------------------------------------
@@ -140,33 +107,6 @@ def uncorrupt_np(inputs: np.ndarray, targets: np.ndarray, sentinel_start: int = 
 # ---------------------------------------------------------------------------
 # TensorFlow implementation (same algorithm)
 # ---------------------------------------------------------------------------
-def _content_seed(tokens: tf.Tensor, seed: int, salt: int) -> tf.Tensor:
-    fp = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(tokens), 2**62)
-    return tf.stack([tf.constant(seed * 1000003 + salt, tf.int64), fp])
-
-
-def random_segmentation_tf(num_items: tf.Tensor, num_segments: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    keys = tf.random.stateless_uniform(tf.reshape(num_items - 1, [1]), seed=seed)
-    cuts = tf.sort(tf.argsort(keys)[:num_segments - 1] + 1)
-    bounds = tf.concat([[0], tf.cast(cuts, tf.int32), tf.reshape(num_items, [1])], axis=0)
-    return bounds[1:] - bounds[:-1]
-
-
-def random_spans_noise_mask_tf(length: tf.Tensor, seeds, noise_density: float = NOISE_DENSITY,
-                               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tf.Tensor:
-    orig = tf.cast(length, tf.int32)
-    length = tf.maximum(orig, 2)
-    noise = tf.cast(tf.round(tf.cast(length, tf.float64) * noise_density), tf.int32)
-    noise = tf.minimum(tf.maximum(noise, 1), length - 1)
-    spans = tf.maximum(tf.cast(tf.round(tf.cast(noise, tf.float64) / mean_noise_span_length),
-                               tf.int32), 1)
-    noise_len = random_segmentation_tf(noise, spans, seeds[0])
-    clean_len = random_segmentation_tf(length - noise, spans, seeds[1])
-    lens = tf.reshape(tf.stack([clean_len, noise_len], axis=1), [-1])
-    pattern = tf.tile(tf.constant([False, True]), tf.reshape(spans, [1]))
-    return tf.repeat(pattern, lens)[:orig]
-
-
 def noise_span_to_unique_sentinel_tf(tokens: tf.Tensor, noise_mask: tf.Tensor,
                                      sentinel_start) -> tf.Tensor:
     prev = tf.concat([[False], noise_mask[:-1]], axis=0)
@@ -182,14 +122,18 @@ def noise_span_to_unique_sentinel_tf(tokens: tf.Tensor, noise_mask: tf.Tensor,
 @gin.configurable(module="synthpre", denylist=["dataset"])
 def select_random_chunk(dataset: tf.data.Dataset, max_length: int = 65536,
                         feature_key: str = "targets", seed: int = 0) -> tf.data.Dataset:
-    """Documents longer than `max_length` keep one uniformly chosen segment of it."""
+    """Documents longer than `max_length` keep one segment of it, chosen from (seed, the
+    document's tokens) by `span_noise.chunk_start`."""
+
+    def start_of(tokens):
+        return np.int64(chunk_start(tokens, seed, max_length))
 
     def fn(x):
         tokens = x[feature_key]
-        n = tf.size(tokens)
-        num = (n + max_length - 1) // max_length
-        u = tf.random.stateless_uniform([], seed=_content_seed(tokens, seed, 1), maxval=1.0)
-        start = tf.cast(tf.floor(u * tf.cast(num, tf.float32)), tf.int32) * max_length
+        start = tf.cond(tf.size(tokens) > max_length,
+                        lambda: tf.numpy_function(start_of, [tokens], tf.int64, stateful=False),
+                        lambda: tf.constant(0, tf.int64))
+        start = tf.reshape(start, [])
         return {feature_key: tokens[start:start + max_length]}
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -244,10 +188,13 @@ def denoise(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Featur
         raise ValueError("span corruption needs the same vocabulary for inputs and targets")
     sentinel = vocab.vocab_size - 1
 
+    def mask_of(tokens):
+        return noise_mask(tokens, seed, noise_density, mean_noise_span_length)
+
     def fn(x):
         tokens = x["targets"]
-        seeds = [_content_seed(tokens, seed, 2), _content_seed(tokens, seed, 3)]
-        mask = random_spans_noise_mask_tf(tf.size(tokens), seeds, noise_density, mean_noise_span_length)
+        mask = tf.numpy_function(mask_of, [tokens], tf.bool, stateful=False)
+        mask = tf.ensure_shape(mask, tokens.shape)
         return {input_feature_key: noise_span_to_unique_sentinel_tf(tokens, mask, sentinel),
                 "targets": noise_span_to_unique_sentinel_tf(tokens, tf.logical_not(mask), sentinel)}
 
@@ -281,3 +228,40 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[
 def span_corruption_preprocessors(seed: int = 0) -> list:
     """The preprocessor list of a span-corruption task: the objective, then EOS."""
     return [functools.partial(span_corruption, seed=seed), seqio.preprocessors.append_eos_after_trim]
+
+
+def numpy_stream_settings(preprocessor, sequence_length: Mapping[str, int],
+                          output_features: Mapping[str, seqio.Feature]) -> Optional[dict]:
+    """The arguments of `span_noise.span_corrupt_stream` that give exactly what this
+    seqio preprocessor gives (gin bindings included), or None where the NumPy chain
+    does not cover it (another preprocessor, no merging, another feature key, a
+    binding that is not a plain number, a length or vocabulary the preprocessor
+    itself would reject)."""
+    if not (isinstance(preprocessor, functools.partial) and preprocessor.func is span_corruption
+            and not preprocessor.args):
+        return None
+    kw = {**gin.get_bindings(span_corruption), **preprocessor.keywords}
+    defaults = dict(noise_density=NOISE_DENSITY, mean_noise_span_length=MEAN_NOISE_SPAN_LENGTH,
+                    merge_examples_to_reduce_padding=True, reduce_batch_size=128, seed=0,
+                    input_feature_key="inputs")
+    if set(kw) - set(defaults):
+        return None
+    kw = {**defaults, **kw}
+    chunk = gin.get_bindings(select_random_chunk)
+    max_length = chunk.get("max_length", 65536)
+    numbers = [kw["noise_density"], kw["mean_noise_span_length"], kw["reduce_batch_size"],
+               kw["seed"], max_length]
+    if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers)
+            or kw["merge_examples_to_reduce_padding"] is not True or kw["input_feature_key"] != "inputs"
+            or set(chunk) - {"max_length"}):
+        return None
+    if "inputs" not in sequence_length or "targets" not in sequence_length:
+        return None
+    tokens, targets = random_spans_helper(sequence_length["inputs"], kw["noise_density"],
+                                          kw["mean_noise_span_length"])
+    vocab = output_features["targets"].vocabulary
+    if sequence_length["targets"] < targets or output_features["inputs"].vocabulary != vocab:
+        return None
+    return dict(seed=int(kw["seed"]), segment_length=tokens, sentinel_start=vocab.vocab_size - 1,
+                reduce_batch_size=int(kw["reduce_batch_size"]), noise_density=kw["noise_density"],
+                mean_noise_span_length=kw["mean_noise_span_length"], max_length=int(max_length))

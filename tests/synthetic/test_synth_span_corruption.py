@@ -1,11 +1,14 @@
 """T5 span corruption: hand-worked examples, statistics, TF vs NumPy, the seqio pipeline."""
 from __future__ import annotations
 
+import gin
 import numpy as np
 import pytest
 
 import synth_helpers  # noqa: F401
 from synthpre_jax.data import span_corruption as sc
+from synthpre_jax.synthetic import span_noise as sn
+from synthpre_jax.synthetic.ragged import Ragged
 
 tf = pytest.importorskip("tensorflow")
 seqio = pytest.importorskip("seqio")
@@ -54,18 +57,73 @@ def test_statistics_over_10k_sequences():
     assert abs(noise / spans - 3.0) < 0.2
 
 
-def test_tf_functions_match_numpy():
+def test_counter_masks_have_t5_structure_and_tf_sentinels_match_numpy():
     for seed in range(20):
         n = 50 + 37 * seed
-        mask = sc.random_spans_noise_mask_tf(tf.constant(n), [tf.constant([seed, 1], tf.int64),
-                                                              tf.constant([seed, 2], tf.int64)]).numpy()
+        toks = np.random.default_rng(seed).integers(2, 32000, n).astype(np.int32)
+        mask = sn.noise_mask(toks, seed)
         noise, nspans = sc.noise_counts(n)
         assert len(mask) == n and mask.sum() == noise and not mask[0] and mask[-1]
         assert int(np.sum(mask[1:] & ~mask[:-1])) == nspans
-        toks = np.random.default_rng(seed).integers(2, 32000, n).astype(np.int32)
         for m in (mask, ~mask):
             tf_out = sc.noise_span_to_unique_sentinel_tf(tf.constant(toks), tf.constant(m), 32099)
             assert tf_out.numpy().tolist() == sc.noise_span_to_unique_sentinel_np(toks, m, 32099).tolist()
+    assert sn.noise_mask(np.array([7], np.int32), 0).tolist() == [False]  # T5's length-1 guard
+
+
+def _span_lengths(mask):
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return edges[1::2] - edges[::2]
+
+
+def test_counter_masks_are_distributed_like_the_reference():
+    """Noise and clean span lengths over 4,000 segments of 100 tokens (15 noise tokens in
+    5 spans): the counter-based masks against the permutation-based NumPy reference."""
+    n, count = 100, 4000
+    rng = np.random.default_rng(0)
+    segments = Ragged(rng.integers(2, 32000, n * count).astype(np.int32), np.full(count, n))
+    ours = sn.noise_masks(sn.segment_keys(segments, 3), n)
+    ref = np.stack([sc.random_spans_noise_mask_np(n, rng) for _ in range(count)])
+    for a, b in ((ours, ref), (~ours, ~ref)):
+        ha = np.bincount(np.concatenate([_span_lengths(m) for m in a]), minlength=90)[:90]
+        hb = np.bincount(np.concatenate([_span_lengths(m) for m in b]), minlength=90)[:90]
+        assert ha.sum() == hb.sum()
+        assert np.abs(ha / ha.sum() - hb / hb.sum()).max() < 0.015
+    assert 0.12 < ours[:, 50].mean() < 0.18 and ours[:, 0].sum() == 0   # noise spread, clean start
+
+
+def test_segments_are_corrupted_alike_in_any_batch():
+    rng = np.random.default_rng(4)
+    rows = [rng.integers(2, 32000, int(k)).astype(np.int32) for k in rng.integers(1, 40, 60)]
+    rows += [rng.integers(2, 32000, 30).astype(np.int32) for _ in range(20)]
+    inputs, targets = sn.span_corrupt_segments(Ragged.from_rows(rows), 5, 32099)
+    for i, toks in enumerate(rows):
+        m = sn.noise_mask(toks, 5)
+        assert inputs.row(i).tolist() == sc.noise_span_to_unique_sentinel_np(toks, m, 32099).tolist()
+        assert targets.row(i).tolist() == sc.noise_span_to_unique_sentinel_np(toks, ~m, 32099).tolist()
+
+
+def test_numpy_stream_equals_the_seqio_preprocessor():
+    """The trainer's NumPy chain against the TF preprocessor, with groups of 128 documents,
+    a partial last group and documents longer than select_random_chunk's length."""
+    rng = np.random.default_rng(6)
+    docs = [rng.integers(1, 30000, int(k)).astype(np.int32) for k in rng.integers(1, 90, 300)]
+    docs[5] = rng.integers(2, 30000, 150).astype(np.int32)  # cut to one chunk below
+    docs[9][3] = 0
+    with gin.unlock_config():
+        gin.bind_parameter("synthpre.select_random_chunk.max_length", 100)
+    try:
+        ref, lengths = _pipeline(docs, seed=3)
+    finally:
+        gin.clear_config()
+    blocks = [Ragged.from_rows(docs[i:i + 70]) for i in range(0, len(docs), 70)]
+    seg_len = sc.random_spans_helper(64)[0]
+    got = []
+    for inputs, targets in sn.span_corrupt_stream(iter(blocks), 3, seg_len, 32099, max_length=100):
+        got += list(zip(inputs.tolists(), targets.tolists()))
+    assert len(got) == len(ref) > 100
+    for (i, t), ex in zip(got, ref):
+        assert i + [1] == ex["inputs"].tolist() and t + [1] == ex["targets"].tolist()
 
 
 class _Vocab(seqio.PassThroughVocabulary):
