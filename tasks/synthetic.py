@@ -8,8 +8,9 @@ replaces the entries) one task per base task id and per configured variant of
 `train` (infinite, generated on the fly) and `validation` (10,000 examples),
 features `inputs`/`targets` over the default vocabulary (T5 SentencePiece or
 its fallback, decided on first use), EOS appended, and no metrics.
-`nesting_language` produces targets-only sentences and is trained with T5 span
-corruption. Nothing is read from disk or network at import time.
+`nesting_language` produces targets-only documents and is trained with T5 span
+corruption (`data/span_corruption.py`; the trainer runs the same chain in NumPy,
+`synthetic/span_noise.py`). Nothing is read from disk or network at import time.
 
 Register your own variant (e.g. for a tiny CPU demo):
 

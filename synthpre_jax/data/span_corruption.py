@@ -19,14 +19,14 @@ This module writes that algorithm itself (T5/seqio code is not a dependency).
 Seeds are stateless and per example: each segment's noise mask is drawn from
 (`seed`, a hash of the segment's tokens), so the output is a pure function of the
 data and `seed` — independent of hosts, epochs, restarts and of seqio's seed
-manager. Identical segments get identical masks. The masks come from
-`synthetic.span_noise` (NumPy, one call per segment): the trainer's NumPy input
-path for span-corrupted synthetic tasks uses the same function for whole blocks
-of segments, so both give the same examples.
+manager. Identical segments get identical masks. Masking and sentinels are
+`synthetic.span_noise.span_corrupt_segments` (NumPy), called here on batches of
+64 segments; the trainer's NumPy input path for span-corrupted synthetic tasks
+runs the same function on its own, so both give the same examples.
 
 The plain NumPy functions (`*_np`, drawing from a `np.random.Generator`) are the
-reference: tests check them on hand-worked examples, the TF sentinel step
-against them, and the masks' statistics against theirs.
+reference: tests check them on hand-worked examples, `span_noise` against them,
+and the masks' statistics against theirs.
 """
 from __future__ import annotations
 
@@ -38,9 +38,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from synthpre_jax.synthetic.ragged import Ragged
 from synthpre_jax.synthetic.span_noise import (MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY,  # noqa: F401
-                                               chunk_start, noise_counts, noise_mask,
-                                               random_spans_helper)
+                                               chunk_start, noise_counts, random_spans_helper,
+                                               span_corrupt_segments)
+
+DENOISE_BATCH = 64  # segments per NumPy call in `denoise`
 
 
 # ---------------------------------------------------------------------------
@@ -102,18 +105,6 @@ def uncorrupt_np(inputs: np.ndarray, targets: np.ndarray, sentinel_start: int = 
     for t in np.asarray(inputs).tolist():
         out.extend(spans.get(t, []) if lowest <= t <= sentinel_start else [t])
     return np.asarray(out, dtype=np.asarray(inputs).dtype)
-
-
-# ---------------------------------------------------------------------------
-# TensorFlow implementation (same algorithm)
-# ---------------------------------------------------------------------------
-def noise_span_to_unique_sentinel_tf(tokens: tf.Tensor, noise_mask: tf.Tensor,
-                                     sentinel_start) -> tf.Tensor:
-    prev = tf.concat([[False], noise_mask[:-1]], axis=0)
-    first = tf.logical_and(noise_mask, tf.logical_not(prev))
-    sentinels = tf.cast(sentinel_start, tokens.dtype) + 1 - tf.cumsum(tf.cast(first, tokens.dtype))
-    out = tf.where(first, sentinels, tokens)
-    return tf.boolean_mask(out, tf.logical_not(tf.logical_and(noise_mask, prev)))
 
 
 # ---------------------------------------------------------------------------
@@ -187,18 +178,24 @@ def denoise(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Featur
     if input_feature_key in output_features and output_features[input_feature_key].vocabulary != vocab:
         raise ValueError("span corruption needs the same vocabulary for inputs and targets")
     sentinel = vocab.vocab_size - 1
+    dtype = dataset.element_spec["targets"].dtype
 
-    def mask_of(tokens):
-        return noise_mask(tokens, seed, noise_density, mean_noise_span_length)
+    def corrupt(values, lengths):
+        inputs, targets = span_corrupt_segments(Ragged(values, lengths), seed, sentinel,
+                                                noise_density, mean_noise_span_length)
+        out = dtype.as_numpy_dtype
+        return inputs.values.astype(out), inputs.lengths, targets.values.astype(out), targets.lengths
 
-    def fn(x):
-        tokens = x["targets"]
-        mask = tf.numpy_function(mask_of, [tokens], tf.bool, stateful=False)
-        mask = tf.ensure_shape(mask, tokens.shape)
-        return {input_feature_key: noise_span_to_unique_sentinel_tf(tokens, mask, sentinel),
-                "targets": noise_span_to_unique_sentinel_tf(tokens, tf.logical_not(mask), sentinel)}
+    def fn(segments):
+        parts = tf.numpy_function(corrupt, [segments.flat_values, segments.row_lengths()],
+                                  [dtype, tf.int64, dtype, tf.int64], stateful=False)
+        iv, il, tv, tl = (tf.ensure_shape(p, [None]) for p in parts)
+        return {input_feature_key: tf.RaggedTensor.from_row_lengths(iv, il, validate=False),
+                "targets": tf.RaggedTensor.from_row_lengths(tv, tl, validate=False)}
 
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    # Segments go to NumPy DENOISE_BATCH at a time: one call instead of TF ops per segment.
+    batches = dataset.map(lambda x: x["targets"]).ragged_batch(DENOISE_BATCH)
+    return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
 @gin.configurable(module="synthpre", denylist=["dataset", "sequence_length", "output_features"])

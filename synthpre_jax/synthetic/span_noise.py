@@ -2,8 +2,8 @@
 
 One implementation serves both ways a span-corrupted task is read, so they give
 the same examples:
-  * the seqio preprocessor (`data/span_corruption.denoise`) asks `noise_mask` for
-    each segment's mask (one `tf.numpy_function` call) and does the rest in TF;
+  * the seqio preprocessor (`data/span_corruption.denoise`) hands it 64 segments
+    at a time (`span_corrupt_segments`, one `tf.numpy_function` call);
   * the trainer's NumPy input path (`span_corrupt_stream`) runs the whole chain
     here: concatenate 128 documents, cut to the noising length, mask and replace
     the spans of every segment with a few array operations, ~10x the rate of
@@ -67,7 +67,7 @@ def random_spans_helper(inputs_length: int, noise_density: float = NOISE_DENSITY
 
 # -- masks ---------------------------------------------------------------------
 def segment_keys(segments: Ragged, seed: int) -> np.ndarray:
-    """One uint64 key per (non-empty) segment, from its tokens and `seed`."""
+    """One uint64 key per segment, from its tokens and `seed`."""
     lengths = segments.lengths
     starts = np.cumsum(lengths) - lengths
     with np.errstate(over="ignore"):
@@ -75,7 +75,10 @@ def segment_keys(segments: Ragged, seed: int) -> np.ndarray:
         pos -= np.repeat(starts.astype(np.uint64), lengths)
         pos *= GOLDEN
         pos += segments.values.astype(np.uint64) * _stage_hash("span token")
-        h = np.add.reduceat(mix(pos), starts) if len(lengths) else np.zeros(0, np.uint64)
+        h = np.zeros(len(lengths), np.uint64)
+        filled = lengths > 0  # reduceat reads one element for an empty row
+        if filled.any():
+            h[filled] = np.add.reduceat(mix(pos), starts[filled])
         salt = mix(np.array([int(seed) & (2**64 - 1)], np.uint64) ^ _stage_hash("span corruption seed"))
         return mix(h + salt + lengths.astype(np.uint64) * GOLDEN)
 
@@ -108,7 +111,7 @@ def noise_masks(keys: np.ndarray, length: int, noise_density: float = NOISE_DENS
 
 def noise_mask(tokens: np.ndarray, seed: int, noise_density: float = NOISE_DENSITY,
                mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
-    """The mask of one segment (what the TF preprocessor calls per segment)."""
+    """The mask of one segment (as `span_corrupt_segments` draws it)."""
     tokens = np.asarray(tokens).reshape(-1)
     if not len(tokens):
         return np.zeros(0, dtype=bool)

@@ -57,7 +57,7 @@ def test_statistics_over_10k_sequences():
     assert abs(noise / spans - 3.0) < 0.2
 
 
-def test_counter_masks_have_t5_structure_and_tf_sentinels_match_numpy():
+def test_counter_masks_have_t5_structure():
     for seed in range(20):
         n = 50 + 37 * seed
         toks = np.random.default_rng(seed).integers(2, 32000, n).astype(np.int32)
@@ -65,9 +65,6 @@ def test_counter_masks_have_t5_structure_and_tf_sentinels_match_numpy():
         noise, nspans = sc.noise_counts(n)
         assert len(mask) == n and mask.sum() == noise and not mask[0] and mask[-1]
         assert int(np.sum(mask[1:] & ~mask[:-1])) == nspans
-        for m in (mask, ~mask):
-            tf_out = sc.noise_span_to_unique_sentinel_tf(tf.constant(toks), tf.constant(m), 32099)
-            assert tf_out.numpy().tolist() == sc.noise_span_to_unique_sentinel_np(toks, m, 32099).tolist()
     assert sn.noise_mask(np.array([7], np.int32), 0).tolist() == [False]  # T5's length-1 guard
 
 
@@ -95,7 +92,7 @@ def test_counter_masks_are_distributed_like_the_reference():
 def test_segments_are_corrupted_alike_in_any_batch():
     rng = np.random.default_rng(4)
     rows = [rng.integers(2, 32000, int(k)).astype(np.int32) for k in rng.integers(1, 40, 60)]
-    rows += [rng.integers(2, 32000, 30).astype(np.int32) for _ in range(20)]
+    rows += [rng.integers(2, 32000, 30).astype(np.int32) for _ in range(20)] + [rows[0][:0]]
     inputs, targets = sn.span_corrupt_segments(Ragged.from_rows(rows), 5, 32099)
     for i, toks in enumerate(rows):
         m = sn.noise_mask(toks, 5)
