@@ -84,7 +84,8 @@ def child(tmp_path_factory):
     source, _ = make_trees(seed=21)
     ckpt = checkpoints.save_params_checkpoint(str(tmp / "src"), source)
     out = tmp / "child.npz"
-    proc = run_simulated_devices([sys.executable, "-c", CHILD, str(out), ckpt, ",".join(SCHEMES)], 8)
+    proc = run_simulated_devices([sys.executable, "-c", CHILD, str(out), ckpt, ",".join(SCHEMES)], 8,
+                                 fast_compile=False)  # compared bit for bit with this process
     assert proc.returncode == 0 and "child ok" in proc.stdout, proc.stderr[-3000:]
     with np.load(out) as z:
         return {k: z[k] for k in z.files}, ckpt
