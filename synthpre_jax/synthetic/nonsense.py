@@ -328,6 +328,7 @@ class NonsenseSummaryTask(SyntheticTask):
         self.codec = codec or FallbackCodec()
         self.vocab_size = vocab_size
         self.words = nonsense_vocabulary(vocab_size)
+        self._word_array = np.array(self.words, dtype=object)
         self.mean_num_sentences, self.mean_sentence_length = mean_num_sentences, mean_sentence_length
         if not 1 <= num_transformations <= len(TRANSFORMATIONS):
             raise ValueError("num_transformations must be in 1..16")
@@ -346,13 +347,20 @@ class NonsenseSummaryTask(SyntheticTask):
         doc, summary, names = self._sample(st)
         return " ".join(" ".join(s) for s in doc.s), summary, names
 
-    def _sample(self, st: UniformStream) -> tuple[_Doc, str, list[str]]:
+    def _sample(self, st: UniformStream, first: Optional[list[list[str]]] = None
+                ) -> tuple[_Doc, str, list[str]]:
+        """`first` is the document of the first try (drawn for a whole block by
+        `_documents`); a document that cannot take its transformations is re-drawn
+        from `st`."""
         while True:
-            n_sent = max(1, self.mean_num_sentences + st.randint(-3, 3))
-            sents = []
-            for _ in range(n_sent):
-                n_words = max(1, self.mean_sentence_length + st.randint(-5, 5))
-                sents.append(st.choices(self.words, n_words) + ["."])
+            if first is not None:
+                sents, first = first, None
+            else:
+                n_sent = max(1, self.mean_num_sentences + st.randint(-3, 3))
+                sents = []
+                for _ in range(n_sent):
+                    n_words = max(1, self.mean_sentence_length + st.randint(-5, 5))
+                    sents.append(st.choices(self.words, n_words) + ["."])
             doc = _Doc(sents, st)
             names = st.sample_distinct(TRANSFORMATIONS, self.num_transformations)
             try:
@@ -366,12 +374,42 @@ class NonsenseSummaryTask(SyntheticTask):
                 continue
             return doc, " ".join(summary), names
 
+    def _documents(self, d: Draws) -> list[list[list[str]]]:
+        """Every row's first document (sentences of words, each ending with "."), drawn
+        for the whole block with a few array operations instead of a Python call per
+        sentence: same distribution as `_sample`'s re-draws."""
+        ms, ml = self.mean_num_sentences, self.mean_sentence_length
+        n_sent = np.maximum(1, ms + d.sub("sentences").randint(-3, 3))
+        slots = max(1, ms + 3)
+        u = d.sub("sentence lengths").matrix(slots)
+        n_words = np.maximum(1, ml - 5 + np.minimum((u * 11).astype(np.int64), 10))
+        n_words[np.arange(slots)[None, :] >= n_sent[:, None]] = 0
+        u = d.sub("words").matrix(max(1, int(n_words.sum(axis=1).max())))
+        idx = np.minimum((u * self.vocab_size).astype(np.int64), self.vocab_size - 1)
+        out = []
+        for words, lengths in zip(self._word_array[idx].tolist(), n_words.tolist()):
+            sents, off = [], 0
+            for n in lengths:
+                if not n:
+                    break
+                sent = words[off:off + n]
+                sent.append(".")
+                sents.append(sent)
+                off += n
+            out.append(sents)
+        return out
+
+    def _samples(self, d: Draws) -> list[tuple[_Doc, str, list[str]]]:
+        docs = self._documents(d)
+        return [self._sample(st, doc) for st, doc in zip(d.sub("example").streams(64), docs)]
+
     def text_rows(self, d: Draws) -> list[tuple[str, str]]:
         """(document, summary) of every row."""
-        return [self.sample_text(st)[:2] for st in d.sub("example").streams(320)]
+        return [(" ".join(" ".join(s) for s in doc.s), summary)
+                for doc, summary, _ in self._samples(d)]
 
     def sample_rows(self, d: Draws) -> dict:
-        samples = [self._sample(st) for st in d.sub("example").streams(320)]
+        samples = self._samples(d)
         enc = self.codec.encode
         # A codec that encodes word by word takes the document's words as they are,
         # without joining them into a text only to split it again.

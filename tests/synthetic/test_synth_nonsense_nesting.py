@@ -46,6 +46,23 @@ def test_sixteen_transformations_three_per_document():
     assert min(counts.values()) > 100
 
 
+def test_block_documents_are_drawn_like_the_redraws():
+    """The first document of every example comes from block-level draws (`_documents`);
+    it must have the spec's shape: 10 +- 3 sentences of 10 +- 5 words, uniform."""
+    t = NonsenseSummaryTask()
+    docs = t._documents(Draws.for_examples(0, "train", t.key, np.arange(3000)))
+    n_sent = Counter(len(doc) for doc in docs)
+    assert set(n_sent) == set(range(7, 14))
+    assert all(abs(c / 3000 - 1 / 7) < 0.025 for c in n_sent.values()), n_sent
+    lens = Counter(len(s) - 1 for doc in docs for s in doc)
+    total = sum(lens.values())
+    assert set(lens) == set(range(5, 16))
+    assert all(abs(c / total - 1 / 11) < 0.01 for c in lens.values()), lens
+    assert all(s[-1] == "." and "." not in s[:-1] for doc in docs for s in doc)
+    words = Counter(w for doc in docs[:600] for s in doc for w in s[:-1])
+    assert len(words) > 4500 and set(words) <= set(t.words)
+
+
 _TR_ID = {"CopyKeywordOneSentence": "d3", "CopyKeywordMultipleSentences": "d4",
           "CopyKeywordMultipleSentencesShuffled": "d5", "CopyKeywordMultipleSentencesSorted": "d6",
           "CopyQuoted": "d7", "CopyBulleted": "d8", "ClassifyKeyword": "d10",
