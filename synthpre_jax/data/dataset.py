@@ -219,6 +219,7 @@ def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, nu
     the rate, since no TF op runs per example or per row."""
     import tensorflow as tf
 
+    from synthpre_jax.data.background import background_iter
     from synthpre_jax.data.packing import MODEL_FEATURES, packed_batches
     lengths = {k: int(cfg.task_feature_lengths[k]) for k in ("inputs", "targets")}
     eos = obj.output_features["targets"].vocabulary.eos_id
@@ -231,10 +232,13 @@ def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, nu
     source.excluded_keys(source.seed if cfg.seed is None else int(cfg.seed))
     corruption = _span_settings(obj, cfg) if len(obj.preprocessors) > 1 else None
 
-    def gen():
+    def batches():
         groups = source.packing_groups(cfg.split, cfg.seed, shard_id, num_shards, lengths, eos,
                                        corruption)
-        yield from packed_batches(groups, lengths, batch_size)
+        return packed_batches(groups, lengths, batch_size)
+
+    def gen():  # on a tf.data thread: only takes batches made on a plain Python thread
+        yield from background_iter(batches)
 
     sig = {n: tf.TensorSpec([batch_size, model_lengths[n]], tf.int32) for n in MODEL_FEATURES}
     return tf.data.Dataset.from_generator(gen, output_signature=sig)
