@@ -13,11 +13,9 @@ $(PY):
 
 # Reinstall when setup.py changes. torch 2.13.0 is installed first and alone: its CPU
 # wheel is available offline; letting the resolver pick torch would download CUDA builds.
-# --no-compile: pip would byte-compile every file of TensorFlow, torch, jax, ... (~80 s on
-# 2 cores); Python compiles and caches the modules actually imported, on first import (~2 s).
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install -q --no-compile torch==2.13.0
-	$(PY) -m pip install -q --no-compile -e ".[test]"
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
