@@ -144,9 +144,9 @@ def get_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1,
     if cfg.split not in obj.splits:
         raise UserError(f"task {name!r} has no split {cfg.split!r}; it has {sorted(obj.splits)}")
     batch_size = per_host_batch_size or cfg.batch_size
-    source = packable_synthetic_source(obj, cfg)
-    if source is not None:
-        ds = _packed_synthetic_batches(obj, source, cfg, shard_id, num_shards, batch_size)
+    fast = _numpy_fast_path(obj, cfg)
+    if fast is not None:
+        ds = _packed_synthetic_batches(obj, *fast, cfg, shard_id, num_shards, batch_size)
     else:
         ds = _seqio_batches(obj, cfg, shard_id, num_shards, batch_size, num_epochs)
     if start_batch:
@@ -172,26 +172,30 @@ def _seqio_batches(obj, cfg: DatasetConfig, shard_id: int, num_shards: int, batc
 
 def packable_synthetic_source(obj, cfg: DatasetConfig):
     """The SyntheticDataSource of `obj` when its packed training batches can be built in
-    NumPy exactly as seqio builds them (else None).
+    NumPy exactly as seqio builds them (else None); see `_numpy_fast_path`."""
+    fast = _numpy_fast_path(obj, cfg)
+    return None if fast is None else fast[0]
+
+
+def _numpy_fast_path(obj, cfg: DatasetConfig) -> Optional[tuple]:
+    """(source, span-corruption settings or None) when the training batches of `obj` can
+    be built in NumPy exactly as seqio builds them, else None.
 
     That holds for a single synthetic task (not a mixture: seqio mixes examples before
     packing) whose preprocessors are `append_eos_after_trim`, or T5 span corruption then
-    `append_eos_after_trim` with settings the NumPy chain covers (`_span_settings`), on
-    its infinite train stream, packed with the default (not custom-op) packing.
+    `append_eos_after_trim` with settings the NumPy chain covers
+    (`span_corruption.numpy_stream_settings`, targets-only documents), on its infinite
+    train stream, packed with the default (not custom-op) packing.
     """
     import seqio
 
     from synthpre_jax.data.sources import SyntheticDataSource
+    from synthpre_jax.data.span_corruption import numpy_stream_settings
     if not cfg.pack or cfg.use_custom_packing_ops or not isinstance(obj, seqio.Task):
         return None
     source = obj.source
     if (not isinstance(source, SyntheticDataSource) or source.pack_lengths is not None
             or cfg.split != "train" or source.train_size is not None):
-        return None
-    preprocessors = list(obj.preprocessors)
-    if not preprocessors or preprocessors[-1] != seqio.preprocessors.append_eos_after_trim:
-        return None
-    if len(preprocessors) > 1 and _span_settings(obj, cfg) is None:
         return None
     feats = obj.output_features
     if set(cfg.task_feature_lengths) != {"inputs", "targets"} or not all(
@@ -199,21 +203,18 @@ def packable_synthetic_source(obj, cfg: DatasetConfig):
         return None
     if feats["inputs"].vocabulary.eos_id != feats["targets"].vocabulary.eos_id:
         return None
-    return source
-
-
-def _span_settings(obj, cfg: DatasetConfig) -> Optional[dict]:
-    """`span_noise.span_corrupt_stream`'s arguments when `obj` is a span-corrupted synthetic
-    task (its preprocessors: span corruption, EOS) the NumPy chain reproduces; else None."""
-    from synthpre_jax.data.span_corruption import numpy_stream_settings
     preprocessors = list(obj.preprocessors)
-    if len(preprocessors) != 2 or tuple(obj.source.task.features) != ("targets",):
+    if preprocessors == [seqio.preprocessors.append_eos_after_trim]:
+        return source, None
+    if (len(preprocessors) != 2 or preprocessors[1] != seqio.preprocessors.append_eos_after_trim
+            or tuple(source.task.features) != ("targets",)):
         return None
-    return numpy_stream_settings(preprocessors[0], cfg.task_feature_lengths, obj.output_features)
+    corruption = numpy_stream_settings(preprocessors[0], cfg.task_feature_lengths, feats)
+    return None if corruption is None else (source, corruption)
 
 
-def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, num_shards: int,
-                              batch_size: int):
+def _packed_synthetic_batches(obj, source, corruption: Optional[dict], cfg: DatasetConfig,
+                              shard_id: int, num_shards: int, batch_size: int):
     """Training batches of a synthetic task packed in NumPy: equal to seqio's
     `EncDecFeatureConverter(pack=True)` batches (tests/test_packing.py), at several times
     the rate, since no TF op runs per example or per row."""
@@ -230,7 +231,6 @@ def _packed_synthetic_batches(obj, source, cfg: DatasetConfig, shard_id: int, nu
     # on a tf.data thread, and loading a vocabulary there can wait for a TF thread pool
     # the generator itself occupies (a hang with one inter-op thread).
     source.excluded_keys(source.seed if cfg.seed is None else int(cfg.seed))
-    corruption = _span_settings(obj, cfg) if len(obj.preprocessors) > 1 else None
 
     def batches():
         groups = source.packing_groups(cfg.split, cfg.seed, shard_id, num_shards, lengths, eos,
