@@ -109,6 +109,9 @@ class _Doc:
     def text(self, i: int) -> str:
         return " ".join(self.s[i])
 
+    def document(self) -> str:
+        return " ".join(" ".join(s) for s in self.s)
+
 
 def _copy_kw(d: int, n_lines: int, distinct: bool, out_mode: str):
     kws = _Keywords(_kw(d, f"keyword_{i}") for i in range(10))
@@ -345,7 +348,7 @@ class NonsenseSummaryTask(SyntheticTask):
     def sample_text(self, st: UniformStream) -> tuple[str, str, list[str]]:
         """(document, summary, names of the transformations applied)."""
         doc, summary, names = self._sample(st)
-        return " ".join(" ".join(s) for s in doc.s), summary, names
+        return doc.document(), summary, names
 
     def _sample(self, st: UniformStream, first: Optional[list[list[str]]] = None
                 ) -> tuple[_Doc, str, list[str]]:
@@ -405,8 +408,7 @@ class NonsenseSummaryTask(SyntheticTask):
 
     def text_rows(self, d: Draws) -> list[tuple[str, str]]:
         """(document, summary) of every row."""
-        return [(" ".join(" ".join(s) for s in doc.s), summary)
-                for doc, summary, _ in self._samples(d)]
+        return [(doc.document(), summary) for doc, summary, _ in self._samples(d)]
 
     def sample_rows(self, d: Draws) -> dict:
         samples = self._samples(d)
@@ -417,6 +419,6 @@ class NonsenseSummaryTask(SyntheticTask):
         if enc_words is not None:
             inputs = [enc_words(list(chain.from_iterable(doc.s))) for doc, _, _ in samples]
         else:
-            inputs = [enc(" ".join(" ".join(s) for s in doc.s)) for doc, _, _ in samples]
+            inputs = [enc(doc.document()) for doc, _, _ in samples]
         return {"inputs": Ragged.from_rows(inputs),
                 "targets": Ragged.from_rows([enc(s) for _, s, _ in samples])}

@@ -168,15 +168,14 @@ def span_corrupt_segments(segments: Ragged, seed: int, sentinel_start: int,
     by_length = take_rows(segments, order)
     lengths, keys = by_length.lengths, keys[order]
     cuts = np.flatnonzero(np.diff(lengths)) + 1
-    inputs, targets, lo = [], [], 0
+    inputs, targets, lo, off = [], [], 0, 0
     for hi in [*cuts.tolist(), len(lengths)]:
         n = int(lengths[lo])
-        off = int(lengths[:lo].sum())
         tokens = by_length.values[off:off + n * (hi - lo)].reshape(hi - lo, n)
         mask = noise_masks(keys[lo:hi], n, noise_density, mean_noise_span_length)
         inputs.append(sentinelize(tokens, mask, sentinel_start))
         targets.append(sentinelize(tokens, ~mask, sentinel_start))
-        lo = hi
+        lo, off = hi, off + n * (hi - lo)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return (take_rows(Ragged.concat(inputs), inverse),
