@@ -6,7 +6,11 @@ sound draws, not a cryptographic-strength generator, so each element here is a k
 hash of its flat index: two rounds of a 32-bit finaliser (xor-shift / multiply, a bijection
 with full avalanche; constants from Wellons' hash-prospector search) keyed by two words of the
 tensor's JAX key, then the float32 inverse normal CDF (`sqrt(2) * erfinv(2u - 1)`, u on a
-centred 2**-24 grid in (0, 1), so |z| <= 5.42).
+centred 2**-24 grid in (0, 1), so |z| <= 5.42). The inverse error function is Giles'
+single-precision approximation ("Approximating the erfinv function", GPU Computing Gems, 2011)
+written out here: `lax.erf_inv` evaluates the same kind of polynomials but ran 3x slower on
+XLA:CPU (1.5 against 0.5 ns per element, measured into a reused buffer), and the draws were
+most of the transform's time.
 
 Why this shape of generator:
 * element i depends only on (key, i): the same values on 1 or N devices and any sharding,
@@ -70,6 +74,31 @@ def random_bits(k0: jax.Array, k1: jax.Array, shape: Sequence[int]) -> jax.Array
     return _mix32(_mix32(flat_index(shape) ^ k0) + k1)
 
 
+# Giles' coefficients, highest degree first: central branch (w < 5, in w - 2.5) and tail
+# branch (in sqrt(w) - 3), w = -log(1 - x**2)
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
+                   0.00021858087, -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
+                0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def _horner(coefficients: Sequence[float], t: jax.Array) -> jax.Array:
+    p = jnp.full_like(t, coefficients[0])
+    for c in coefficients[1:]:
+        p = p * t + np.float32(c)
+    return p
+
+
+def erfinv(x: jax.Array) -> jax.Array:
+    """float32 inverse error function on the open interval (-1, 1) (relative error ~1e-7;
+    +-1 and beyond are not handled: the draws never produce them)."""
+    x = x.astype(jnp.float32)
+    w = -jnp.log((np.float32(1) - x) * (np.float32(1) + x))
+    central = _horner(_ERFINV_CENTRAL, w - np.float32(2.5))
+    tail = _horner(_ERFINV_TAIL, jnp.sqrt(w) - np.float32(3))
+    return jnp.where(w < np.float32(5), central, tail) * x
+
+
 def standard_normal(key_data: jax.Array, shape: Sequence[int],
                     dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """N(0, 1) draws of `shape`; element i is a pure function of (key_data, i)."""
@@ -78,4 +107,4 @@ def standard_normal(key_data: jax.Array, shape: Sequence[int],
     # v = 2u - 1 on the odd multiples of 2**-24 in (-1, 1), built in integers: exact in
     # float32 and never +-1 (where erfinv is infinite)
     v = (top * 2 - (2 ** 24 - 1)).astype(jnp.float32) * np.float32(2.0 ** -24)
-    return (_SQRT2 * lax.erf_inv(v)).astype(dtype)
+    return (_SQRT2 * erfinv(v)).astype(dtype)
