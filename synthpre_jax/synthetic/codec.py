@@ -141,6 +141,18 @@ class FallbackCodec:
             parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
         return list(itertools.chain.from_iterable(parts))
 
+    def encode_word_rows(self, rows: Sequence[Sequence[str]]) -> tuple[list[int], list[int]]:
+        """`[encode_words(r) for r in rows]` as one flat id list and the rows' lengths: one
+        dictionary pass and one concatenation for a whole generated block."""
+        words = list(itertools.chain.from_iterable(rows))
+        parts = list(map(self._cache.get, words))
+        if None in parts:
+            parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
+        per_word = list(itertools.accumulate(map(len, parts), initial=0))
+        ends = list(itertools.accumulate(map(len, rows)))
+        lengths = [per_word[e] - per_word[b] for b, e in zip([0] + ends[:-1], ends)]
+        return list(itertools.chain.from_iterable(parts)), lengths
+
     def decode(self, ids: Iterable[int]) -> str:
         parts: list[str] = []
         pending = bytearray()

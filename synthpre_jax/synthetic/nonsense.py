@@ -26,7 +26,7 @@ import numpy as np
 
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.codec import Codec, FallbackCodec
-from synthpre_jax.synthetic.ragged import Ragged
+from synthpre_jax.synthetic.ragged import ID_DTYPE, Ragged
 from synthpre_jax.synthetic.rng import Draws, UniformStream
 
 
@@ -70,13 +70,16 @@ class _Doc:
         self.s = sentences
         self.st = st
         self._marked: Optional[list[tuple[int, list[str]]]] = None
+        self._touched: set[int] = set()  # lines handed to a modification (`lines`)
 
     def freeze(self) -> None:
         """The insertions are done: let `find` scan only the words holding a "_"
         (every keyword does, no vocabulary word does) instead of every word,
-        once per output instead of once per transformation."""
+        once per output instead of once per transformation. Only the lines that
+        `lines` handed out can hold one: every modification picks its lines there."""
         self._marked = [(i, m) for i, m in
-                        ((i, [w for w in words if "_" in w]) for i, words in enumerate(self.s)) if m]
+                        ((i, [w for w in self.s[i] if "_" in w]) for i in sorted(self._touched))
+                        if m]
 
     def choice(self, seq):
         if not seq:
@@ -87,11 +90,14 @@ class _Doc:
         """k distinct sentence indices, sorted (`get_random_sent_indices`)."""
         if k > len(self.s):
             raise _Retry
-        return sorted(self.st.sample_distinct(range(len(self.s)), k))
+        lines = sorted(self.st.sample_distinct(range(len(self.s)), k))
+        self._touched.update(lines)  # every keyword is put on a line chosen here
+        return lines
 
     def put(self, line: int, word: str, allowed: Optional[Callable[[int, int], bool]] = None) -> None:
         words = self.s[line]
-        cand = _replaceable(words)
+        # a line without keywords (one C-level scan) can take any word but the final "."
+        cand = _replaceable(words) if "_" in " ".join(words) else range(len(words) - 1)
         if allowed is not None:
             cand = [x for x in cand if allowed(x, len(words))]
         words[self.choice(cand)] = word
@@ -145,7 +151,7 @@ def _quoted():
         line = doc.lines(1)[0]
         words = doc.s[line]
         n = len(words)
-        b = doc.st.randint(0, n - 1) if 0 in _replaceable(words) else doc.st.randint(1, n - 1)
+        b = doc.st.randint(0, n - 1) if n > 1 and "_" not in words[0] else doc.st.randint(1, n - 1)
         e = doc.st.randint(b + 1, n)
         doc.s[line] = words[:b] + [bq] + words[b:e] + [eq] + words[e:]
 
@@ -413,12 +419,17 @@ class NonsenseSummaryTask(SyntheticTask):
     def sample_rows(self, d: Draws) -> dict:
         samples = self._samples(d)
         enc = self.codec.encode
-        # A codec that encodes word by word takes the document's words as they are,
-        # without joining them into a text only to split it again.
-        enc_words = getattr(self.codec, "encode_words", None)
-        if enc_words is not None:
-            inputs = [enc_words(list(chain.from_iterable(doc.s))) for doc, _, _ in samples]
-        else:
-            inputs = [enc(doc.document()) for doc, _, _ in samples]
-        return {"inputs": Ragged.from_rows(inputs),
-                "targets": Ragged.from_rows([enc(s) for _, s, _ in samples])}
+        # A codec that encodes word by word (the fallback) encodes the whole block at once
+        # and takes the document's words as they are, without joining them into a text
+        # only to split it again.
+        enc_rows = getattr(self.codec, "encode_word_rows", None)
+        if enc_rows is None:
+            return {"inputs": Ragged.from_rows(enc(doc.document()) for doc, _, _ in samples),
+                    "targets": Ragged.from_rows([enc(s) for _, s, _ in samples])}
+
+        def ragged(rows: list[list[str]]) -> Ragged:
+            ids, lengths = enc_rows(rows)
+            return Ragged(np.fromiter(ids, ID_DTYPE, count=len(ids)), np.array(lengths, np.int64))
+
+        return {"inputs": ragged([list(chain.from_iterable(doc.s)) for doc, _, _ in samples]),
+                "targets": ragged([s.split() for _, s, _ in samples])}

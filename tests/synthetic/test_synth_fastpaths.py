@@ -92,6 +92,16 @@ def test_number_table_matches_single_numbers():
     assert tv.numbers(np.zeros(0, np.int64)).tolists() == []
 
 
+def test_encode_word_rows_matches_encode_words_row_by_row():
+    """The block encoder of the word-by-word codec (nonsense_summary's inputs): words it has
+    not seen (bytes, extra ids, non-ASCII), empty rows and a cold cache included."""
+    rows = [["abc", "__d3__keyword_1__", "."], [], ["<extra_id_3>", "zz\u00e9", "abc"], ["."]]
+    ids, lengths = FallbackCodec().encode_word_rows(rows)
+    ref = [FallbackCodec().encode_words(r) for r in rows]
+    assert lengths == [len(r) for r in ref] and ids == [i for r in ref for i in r]
+    assert FallbackCodec().encode_word_rows([]) == ([], [])
+
+
 @pytest.mark.parametrize("kw", [{}, {"num_pairs": 7}, {"zipf_exponent": 1.3}])
 def test_zipf_guide_table_matches_searchsorted(kw):
     task = NestingLanguageTask(**kw)
