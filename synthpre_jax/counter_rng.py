@@ -8,9 +8,9 @@ with full avalanche; constants from Wellons' hash-prospector search) keyed by tw
 tensor's JAX key, then the float32 inverse normal CDF (`sqrt(2) * erfinv(2u - 1)`, u on a
 centred 2**-24 grid in (0, 1), so |z| <= 5.42). The inverse error function is Giles'
 single-precision approximation ("Approximating the erfinv function", GPU Computing Gems, 2011)
-written out here: `lax.erf_inv` evaluates the same kind of polynomials but ran 3x slower on
-XLA:CPU (1.5 against 0.5 ns per element, measured into a reused buffer), and the draws were
-most of the transform's time.
+written out here: on XLA:CPU it runs in 1.14 ns per element against 1.44 for `lax.erf_inv`
+(2 cores, into a reused buffer) and is more accurate over the 2**24 values drawn here (max
+relative error 2.6e-7 against 5.8e-6); the draws are most of the transform's time.
 
 Why this shape of generator:
 * element i depends only on (key, i): the same values on 1 or N devices and any sharding,
