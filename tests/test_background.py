@@ -1,9 +1,14 @@
 """background_iter: the wrapped iterator's items in order, its errors, and a thread that
 stops when the consumer does."""
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
 import pytest
+
+from conftest import REPO, subprocess_env
 
 from synthpre_jax.data.background import background_iter
 
@@ -43,3 +48,26 @@ def test_thread_stops_when_the_consumer_closes():
         time.sleep(0.02)
     assert not any(t.name == "test-producer" for t in threading.enumerate())
     assert len(produced) <= 5 + 2 + 1  # never more than `depth` (+ the one being put) ahead
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import tasks.synthetic
+    from synthpre_jax.data import dataset as D
+    cfg = D.DatasetConfig(mixture_or_task_name="synthpre_sort", batch_size=64, pack=True,
+                          task_feature_lengths={"inputs": 512, "targets": 512})
+    it = D.get_dataset(cfg).as_numpy_iterator()
+    for _ in range(3):
+        next(it)
+    print("took 3 batches", flush=True)
+""")
+
+
+def test_interpreter_exits_with_a_training_iterator_still_alive():
+    """A script that takes a few batches of the training path and ends (iterator alive)
+    used to hang forever at exit: the producer thread is a daemon, frozen at exit, while
+    TensorFlow's iterator destructor waited for the generator call that waited for it."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=REPO, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "took 3 batches" in proc.stdout, proc.stderr[-3000:]
