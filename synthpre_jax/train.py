@@ -328,9 +328,12 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
             seqs += cfg.batch_size
             period_steps += 1
             pending.append((step, sums))
-            stats_due = step % stats_period == 0 or step == total_steps or preempt.requested
+            # read once: SIGTERM can arrive between two reads, and a stop without the save
+            # decided on an earlier read would claim a checkpoint it never wrote
+            preempted = preempt.requested
+            stats_due = step % stats_period == 0 or step == total_steps or preempted
             eval_due = step % eval_period == 0 or step == total_steps
-            save_due = manager.should_save(step, force=step == total_steps or preempt.requested)
+            save_due = manager.should_save(step, force=step == total_steps or preempted)
             if stats_due or eval_due or save_due:
                 drain()
             if stats_due:
@@ -355,7 +358,7 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
                         {"step": step, **evaluator.evaluate(step, state["params"], shardings["params"])})
             if save_due:
                 manager.save(step, state, force=True)
-            if preempt.requested:
+            if preempted:
                 manager.wait_until_finished()
                 progress.message(f"SIGTERM received: saved checkpoint at step {step} in {model_dir}; "
                                  "rerun the same command to continue")
