@@ -134,20 +134,20 @@ class FallbackCodec:
     def encode(self, text: str) -> list[int]:
         return self.encode_words(text.split())
 
-    def encode_words(self, words: list[str]) -> list[int]:
-        """`encode(" ".join(words))` for words without whitespace: this codec is word by word."""
+    def _word_ids(self, words: list[str]) -> list[tuple[int, ...]]:
         parts = list(map(self._cache.get, words))  # cached words without a Python call each
         if None in parts:
             parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
-        return list(itertools.chain.from_iterable(parts))
+        return parts
+
+    def encode_words(self, words: list[str]) -> list[int]:
+        """`encode(" ".join(words))` for words without whitespace: this codec is word by word."""
+        return list(itertools.chain.from_iterable(self._word_ids(words)))
 
     def encode_word_rows(self, rows: Sequence[Sequence[str]]) -> tuple[list[int], list[int]]:
         """`[encode_words(r) for r in rows]` as one flat id list and the rows' lengths: one
         dictionary pass and one concatenation for a whole generated block."""
-        words = list(itertools.chain.from_iterable(rows))
-        parts = list(map(self._cache.get, words))
-        if None in parts:
-            parts = [p if p is not None else self.encode_word(w) for p, w in zip(parts, words)]
+        parts = self._word_ids(list(itertools.chain.from_iterable(rows)))
         per_word = list(itertools.accumulate(map(len, parts), initial=0))
         ends = list(itertools.accumulate(map(len, rows)))
         lengths = [per_word[e] - per_word[b] for b, e in zip([0] + ends[:-1], ends)]
