@@ -71,3 +71,41 @@ def test_interpreter_exits_with_a_training_iterator_still_alive():
     proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=REPO, env=subprocess_env(1),
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and "took 3 batches" in proc.stdout, proc.stderr[-3000:]
+
+
+SETTLE_SCRIPT = textwrap.dedent("""
+    import time
+    from synthpre_jax.data import background as bg
+
+    def settle():
+        t = time.monotonic()
+        bg._settle_at_exit(timeout_s=1.5, quiet_s=0.05)
+        return time.monotonic() - t
+
+    # A consumer that ended and was released (as tf.data does in its finalize call), and
+    # one collected before its end: nothing to wait for.
+    done = bg.background_iter(lambda: iter(range(3)))
+    assert list(done) == [0, 1, 2]
+    del done
+    early = bg.background_iter(lambda: iter(range(100)))
+    assert next(early) == 0
+    del early
+    print("released %.2f" % settle())
+    # A consumer that ended while its owner still holds it (tf.data's finalize call still
+    # to come): the hook waits for it, up to its timeout.
+    held = bg.background_iter(lambda: iter(range(3)))
+    assert list(held) == []  # the interpreter is exiting: consumers end at once
+    print("held %.2f" % settle())
+""")
+
+
+def test_exit_hook_waits_for_ended_consumers_to_be_released():
+    """At exit the hook must outlast tf.data's finalize call after a consumer ends (a TF
+    thread that needs the GIL once teardown has begun never gets it: the exit hangs), and
+    must not wait for consumers that were released or collected."""
+    proc = subprocess.run([sys.executable, "-c", SETTLE_SCRIPT], cwd=REPO,
+                          env=subprocess_env(1), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    times = dict(line.split() for line in proc.stdout.splitlines())
+    assert float(times["released"]) < 0.5, proc.stdout
+    assert float(times["held"]) >= 1.4, proc.stdout

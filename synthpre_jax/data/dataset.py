@@ -238,7 +238,7 @@ def _packed_synthetic_batches(obj, source, corruption: Optional[dict], cfg: Data
         return packed_batches(groups, lengths, batch_size)
 
     def gen():  # on a tf.data thread: only takes batches made on a plain Python thread
-        yield from background_iter(batches)
+        return background_iter(batches)  # itself, not wrapped: see background_iter
 
     sig = {n: tf.TensorSpec([batch_size, model_lengths[n]], tf.int32) for n in MODEL_FEATURES}
     return tf.data.Dataset.from_generator(gen, output_signature=sig)
