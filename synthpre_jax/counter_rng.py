@@ -103,8 +103,17 @@ def standard_normal(key_data: jax.Array, shape: Sequence[int],
                     dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """N(0, 1) draws of `shape`; element i is a pure function of (key_data, i)."""
     k0, k1 = key_words(key_data)
-    top = (random_bits(k0, k1, shape) >> _U32(8)).astype(jnp.int32)  # 24 bits
+    return normal_from_bits(random_bits(k0, k1, shape)).astype(dtype)
+
+
+def normal_from_bits(bits: jax.Array) -> jax.Array:
+    """float32 N(0, 1) of uint32 random bits (their top 24). `standard_normal` is
+    `normal_from_bits(random_bits(...))`; callers that write the bits to memory first and
+    transform them in a second program get the same values faster on XLA:CPU, where the
+    hash and the inverse CDF fused into one loop run out of vector registers (1.6-1.9 ns
+    per element, against 1.3-1.4 for the two loops, 2 cores)."""
+    top = (bits >> _U32(8)).astype(jnp.int32)  # 24 bits
     # v = 2u - 1 on the odd multiples of 2**-24 in (-1, 1), built in integers: exact in
     # float32 and never +-1 (where erfinv is infinite)
     v = (top * 2 - (2 ** 24 - 1)).astype(jnp.float32) * np.float32(2.0 ** -24)
-    return (_SQRT2 * erfinv(v)).astype(dtype)
+    return _SQRT2 * erfinv(v)

@@ -226,11 +226,12 @@ def test_statistics_do_not_depend_on_layout():
                                rtol=1e-8)
 
 
-def test_non_finite_source_is_a_user_error():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_source_is_a_user_error(bad):
     source, fresh = make_trees()
     src = flat(source)
     src["decoder/layers_1/mlp/wi/kernel"] = src["decoder/layers_1/mlp/wi/kernel"].copy()
-    src["decoder/layers_1/mlp/wi/kernel"][3, 4] = np.nan
+    src["decoder/layers_1/mlp/wi/kernel"][3, 4] = bad
     with pytest.raises(UserError, match="decoder/layers_1/mlp/wi/kernel has non-finite"):
         ws.transform(traverse_util.unflatten_dict(src, sep="/"), fresh, "mlp_scale", 0)
 
@@ -413,14 +414,16 @@ def test_grid_sums_are_exact_integers_of_any_layout():
     x = (rng.standard_normal((333, 517)) * rng.uniform(1e-6, 1, (333, 517))).astype(np.float32)
     bits = ws._fixed_bits(x.size)
     with jax.enable_x64(True):
-        m, e, total = (np.asarray(v) for v in ws._tensor_sum_parts(x, bits=bits))
-        m2, e2, total2 = (np.asarray(v) for v in ws._tensor_sum_parts(x.T.copy()[::-1], bits=bits))
+        m, e, total, hi, lo = (np.asarray(v) for v in ws._tensor_sum_parts(x, bits=bits))
+        m2, e2, total2, _, _ = (np.asarray(v)
+                                for v in ws._tensor_sum_parts(x.T.copy()[::-1], bits=bits))
     assert float(total) == int(total) and total == total2 and e == e2 and m == m2
+    assert m == np.max(np.abs(x)) and hi == x.max() and lo == x.min()
     q = np.round(x.astype(np.float64) * 2.0 ** (bits - int(e)))  # exact in float64 too
     assert int(total) == sum(int(v) for v in q.ravel())
     assert ws._fixed_bits(30_000_000) == 28 and ws._fixed_bits(1000) == 29
     # the deviation pass's max |x - mu| (from max and min of x) is the elementwise one
     mu = np.float32(x.mean())
     with jax.enable_x64(True):
-        md = np.asarray(ws._tensor_squared_deviation_parts(x, mu, bits=bits)[0])
+        md = np.asarray(ws._tensor_squared_deviation_parts(x, mu, hi, lo, bits=bits)[0])
     assert md == np.max(np.abs(x - mu))

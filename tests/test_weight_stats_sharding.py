@@ -53,15 +53,19 @@ CHILD = textwrap.dedent("""
     assert len(x.sharding.device_set) == 8 and x.addressable_shards[0].data.shape == (8, 32)
     with jax.enable_x64(True):
         texts = [ws._tensor_sum_parts.lower(x, bits=29).compile().as_text(),
-                 ws._tensor_squared_deviation_parts.lower(x, np.float32(0), bits=29)
+                 ws._tensor_squared_deviation_parts.lower(
+                     x, np.float32(0), np.float32(1), np.float32(-1), bits=29)
                  .compile().as_text()]
     keys = ws._keys_program("threefry2x32", NamedSharding(mesh, P()))(
         np.zeros(2, np.uint32), np.zeros((1, 2), np.uint32))
     for rule in ("N(0,sigma)", "N(mu,sigma)"):
         for donate in (False, True):
-            texts.append(ws._sampler(rule, "float32", x.sharding, donate).lower(
-                keys, np.int32(0), np.float32(0), np.float32(1), *((x,) if donate else ()),
-                shape=x.shape).compile().as_text())
+            # on CPU: the hash bits, then the normals in place (two programs)
+            bits, finish = ws._sampler(rule, "float32", x.sharding, donate).programs
+            texts.append(bits.lower(keys, np.int32(0), *((x,) if donate else ()),
+                                    shape=x.shape).compile().as_text())
+            raw = jax.ShapeDtypeStruct(x.shape, np.float32, sharding=x.sharding)
+            texts.append(finish.lower(raw, np.float32(0), np.float32(1)).compile().as_text())
     assert not any("all-gather" in t for t in texts)
     assert "all-reduce" in texts[0]
     # initialize_params with the trainer's shardings
