@@ -121,14 +121,20 @@ def measure_floor(flat_src: dict, repeats: int, cpu: list) -> float:
 
 
 def measure_rng(shapes: list[tuple[int, ...]], repeats: int) -> dict:
-    """The draws alone (compiled), into new buffers: `counter_rng` (what the transform uses)
-    and, for comparison, `jax.random.normal` (threefry)."""
+    """The draws alone (compiled), into new buffers: `counter_rng` as the transform runs it
+    on a CPU (hash bits, then normals in place: two programs), the same values from one
+    fused program, and, for comparison, `jax.random.normal` (threefry)."""
     kd = jax.random.key_data(jax.random.key(0))
-    counter = jax.jit(lambda k, shape: counter_rng.standard_normal(k, shape), static_argnums=1)
+    fused = jax.jit(lambda k, shape: counter_rng.standard_normal(k, shape), static_argnums=1)
+    bits = jax.jit(lambda k, shape: jax.lax.bitcast_convert_type(
+        counter_rng.random_bits(*counter_rng.key_words(k), shape), jnp.float32), static_argnums=1)
+    finish = jax.jit(lambda raw: counter_rng.normal_from_bits(
+        jax.lax.bitcast_convert_type(raw, jnp.uint32)), donate_argnums=0)
     threefry = jax.jit(lambda k, shape: jax.random.normal(jax.random.wrap_key_data(k), shape,
                                                           jnp.float32), static_argnums=1)
     out = {}
-    for name, draw in (("counter", counter), ("threefry", threefry)):
+    for name, draw in (("counter", lambda k, shape: finish(bits(k, shape))),
+                       ("counter_fused", fused), ("threefry", threefry)):
         for s in set(shapes):
             draw(kd, s).block_until_ready()
 
@@ -187,7 +193,8 @@ def measure_scheme(source: dict, fresh: dict, scheme: str, repeats: int, rng_s: 
                 output_bytes=int(4 * n_out), first_s=first, steady_s=steady,
                 steady_cpu_s=steady_cpu, steady_keep_s=keep, stats_s=stats,
                 sampling_s=max(steady - stats, 0.0), rng_s=rng_s[key]["counter_s"],
-                rng_cpu_s=rng_s[key]["counter_cpu_s"], threefry_s=rng_s[key]["threefry_s"],
+                rng_cpu_s=rng_s[key]["counter_cpu_s"], rng_fused_s=rng_s[key]["counter_fused_s"],
+                threefry_s=rng_s[key]["threefry_s"],
                 peak_mem_growth_bytes=peak)
 
 
