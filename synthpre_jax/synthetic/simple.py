@@ -80,12 +80,19 @@ class SimpleTask(SyntheticTask):
 
     def _check_feasible(self) -> None:
         t, lo, hi = self.task_id, self.lo, self.hi
-        need = {"count": lo > 2, "replace": lo > 3, "sort": hi >= 2 * (lo // 2) + 1,
+        # search/delete: with `balanced` the query-absent half re-draws its lengths until the
+        # raw length fits; a range where that almost never happens would never finish
+        absent_fits = not self.balanced or absent_acceptance(lo, hi) >= MIN_ABSENT_ACCEPTANCE
+        need = {"count": lo > 2, "replace": lo > 3, "sort": lo >= 2 and hi >= 2 * (lo // 2) + 1,
                 "union": lo >= 3, "intersect": lo >= 3, "set1_minus_set2": lo >= 3,
-                "set2_minus_set1": lo >= 3, "search": hi >= 4, "delete": hi >= 4,
+                "set2_minus_set1": lo >= 3, "search": hi >= 4 and absent_fits,
+                "delete": hi >= 4 and absent_fits,
                 "longest_word": hi >= 2}
         if not need.get(t, True):
-            raise ValueError(f"length_range {(lo, hi)} is too small for {t}")
+            hint = (f" (a query-absent example's raw length fits it with probability "
+                    f"{absent_acceptance(lo, hi):.1e}; widen it or use balanced=False)"
+                    if t in ("search", "delete") and hi >= 4 else "")
+            raise ValueError(f"length_range {(lo, hi)} is too small for {t}{hint}")
         if t in ("union", "intersect", "set1_minus_set2", "set2_minus_set1") \
                 and len(self.pool) < (hi - 1) // 2:
             raise ValueError(f"{t} needs at least {(hi - 1) // 2} tokens in the pool")
@@ -346,6 +353,22 @@ class SimpleTask(SyntheticTask):
                 srows[j] = self._tokens(dj.sub("tok"), int(seq_len[j]))
                 qrows[j] = self._tokens(dj.sub("query"), int(qlen[j]))
         return join([Ragged.from_rows(srows), Ragged.from_rows(qrows)], [[ARG_DIVIDER]])
+
+
+MIN_ABSENT_ACCEPTANCE = 1e-3  # at most ~1,000 rounds per query-absent example on average
+
+
+def absent_acceptance(lo: int, hi: int) -> float:
+    """Probability that one round of `_absent_lengths` gives a raw length in [lo, hi]:
+    99%: seq_len ~ U{lo..hi}, qlen ~ U{lo..seq_len}; 1%: qlen ~ U{lo+1..hi},
+    seq_len ~ U{0..qlen-1}; raw = seq_len + 1 + qlen (always >= lo)."""
+    s = np.arange(lo, hi + 1)
+    fits = np.clip(np.minimum(s, hi - 1 - s) - lo + 1, 0, None) / (s - lo + 1)
+    normal = float(fits.mean())
+    q = np.arange(lo + 1, hi + 1)
+    rare = (float((np.clip(np.minimum(q - 1, hi - 1 - q) + 1, 0, None) / q).mean())
+            if len(q) else 0.0)
+    return 0.99 * normal + 0.01 * rare
 
 
 def _may_contain(seq: Ragged, query: Ragged) -> np.ndarray:

@@ -132,3 +132,57 @@ def test_infeasible_configurations_are_rejected():
         SimpleTask("union", num_tokens=10)          # needs >= 109 distinct symbols
     with pytest.raises(ValueError):
         SimpleTask("count", length_range=(2, 10))  # seq ⟂ q needs lo > 2
+
+
+SMALL_RANGES = [(1, 1), (1, 2), (2, 3), (3, 4), (4, 4), (5, 6), (10, 11), (10, 12), (10, 20),
+                (50, 50), (50, 52), (100, 101), (219, 220), (220, 220)]
+
+
+@pytest.mark.parametrize("task_id", SIMPLE_TASK_IDS)
+def test_every_length_range_is_rejected_or_generates_promptly(task_id):
+    """A length range a task cannot meet is a ValueError at construction, never a sampler
+    that loops forever (search/delete with balanced coins used to spin on (50, 50))."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    try:
+        for lo, hi in SMALL_RANGES:
+            try:
+                task = SimpleTask(task_id, length_range=(lo, hi))
+            except ValueError:
+                continue
+            signal.alarm(10)
+            try:
+                block = task.sample_block(np.random.default_rng(lo * 1000 + hi), 64)
+            except TimeoutError:
+                pytest.fail(f"{task_id} {(lo, hi)}: sampling 64 examples took over 10 s")
+            finally:
+                signal.alarm(0)
+            raw_len = block["inputs"].lengths - len(task.prefix)
+            assert ((raw_len >= lo) & (raw_len <= hi)).all(), \
+                (task_id, lo, hi, raw_len.min(), raw_len.max())
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_absent_acceptance_matches_a_simulation():
+    import random
+
+    from synthpre_jax.synthetic.simple import absent_acceptance
+
+    for lo, hi in ((10, 220), (10, 20), (5, 30), (1, 4)):
+        rng, hits, n = random.Random(lo * 1000 + hi), 0, 100_000
+        for _ in range(n):
+            if rng.random() < 0.01:
+                q = rng.randint(lo + 1, hi)
+                s = rng.randint(0, q - 1)
+            else:
+                s = rng.randint(lo, hi)
+                q = rng.randint(lo, s)
+            hits += lo <= s + 1 + q <= hi
+        p = absent_acceptance(lo, hi)
+        assert abs(hits / n - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-4, (lo, hi, hits / n, p)
+    assert absent_acceptance(50, 52) < 1e-3 and absent_acceptance(10, 20) > 1e-3
