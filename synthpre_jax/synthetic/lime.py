@@ -59,6 +59,7 @@ class LimeTask(SyntheticTask):
         self.pattern_length_range = tuple(pattern_length_range)
         self.subst_length_range = tuple(subst_length_range)
         self._defaults = (None, 220, "cpython", (24, 24, 20), (3, 5), (5, 19), (2, 8))
+        self._check_feasible()
 
     def config(self) -> dict:
         cur = (self.num_tokens, self.max_length, self.order, self.sizes, self.num_chars_range,
@@ -98,29 +99,47 @@ class LimeTask(SyntheticTask):
             outs.append(tgt)
         return {"inputs": Ragged.from_rows(ins), "targets": Ragged.from_rows(outs)}
 
-    def _one(self, st: UniformStream, upper: list, lower: list, math: list) -> tuple:
+    def _round(self, st: UniformStream, upper: list, lower: list, math: list) -> tuple:
+        """One draw of the structure, and whether both sides fit `max_length`."""
         lo_math = lower + math
         c0, c1 = self.num_chars_range
         p0, p1 = self.pattern_length_range
         s0, s1 = self.subst_length_range
         limit = self.max_length
+        num_chars = st.randint(c0, c1)
+        pattern_length = st.randint(p0, p1)
+        chars = st.choices(upper[:num_chars], 2 * num_chars)
+        variables = set_list(chars, self.order)
+        pattern = chars + st.choices(math, pattern_length)
+        st.shuffle(pattern)
+        subst = {u: st.choices(lo_math, st.randint(s0, s1)) for u in variables}
+        result = []
+        for t in pattern:
+            result.extend(subst[t] if t in subst else (t,))
+        case_len = sum(len(s) + 5 for s in subst.values()) - 1  # u : [ s.. ] , (last , dropped)
+        header_len = 4 + len(variables) + len(lower) + len(math)
+        body = {"induct": (len(result) + 1 + case_len, len(pattern)),
+                "deduct": (len(pattern) + 1 + case_len, len(result)),
+                "abduct": (len(pattern) + 1 + len(result), case_len)}[self.mode]
+        fits = header_len + body[0] <= limit and body[1] <= limit
+        return fits, variables, pattern, subst, result
+
+    def _check_feasible(self, rounds: int = 300) -> None:
+        """A max_length (or size ranges) that the structure almost never fits would make
+        sampling loop forever: require one of `rounds` fixed draws to fit."""
+        st = UniformStream(12345)
+        nu, nl, nm = self.sizes
+        ids = list(range(10_000, 10_000 + nu + nl + nm))
+        upper, lower, math = ids[:nu], ids[nu:nu + nl], ids[nu + nl:]
+        fits = sum(self._round(st, upper, lower, math)[0] for _ in range(rounds))
+        if not fits:
+            raise ValueError(f"LIME {self.mode}: only {fits} of {rounds} draws fit "
+                             f"max_length={self.max_length}; raise it or shorten the ranges")
+
+    def _one(self, st: UniformStream, upper: list, lower: list, math: list) -> tuple:
         while True:
-            num_chars = st.randint(c0, c1)
-            pattern_length = st.randint(p0, p1)
-            chars = st.choices(upper[:num_chars], 2 * num_chars)
-            variables = set_list(chars, self.order)
-            pattern = chars + st.choices(math, pattern_length)
-            st.shuffle(pattern)
-            subst = {u: st.choices(lo_math, st.randint(s0, s1)) for u in variables}
-            result = []
-            for t in pattern:
-                result.extend(subst[t] if t in subst else (t,))
-            case_len = sum(len(s) + 5 for s in subst.values()) - 1  # u : [ s.. ] , (last , dropped)
-            header_len = 4 + len(variables) + len(lower) + len(math)
-            body = {"induct": (len(result) + 1 + case_len, len(pattern)),
-                    "deduct": (len(pattern) + 1 + case_len, len(result)),
-                    "abduct": (len(pattern) + 1 + len(result), case_len)}[self.mode]
-            if header_len + body[0] <= limit and body[1] <= limit:
+            fits, variables, pattern, subst, result = self._round(st, upper, lower, math)
+            if fits:
                 break
         header = [UPPER] + variables + [LOWER] + lower + [MATH] + math + [SEP]
         case = []

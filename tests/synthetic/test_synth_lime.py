@@ -120,3 +120,13 @@ def test_first_occurrence_order_option():
         variables = parse_header(inp)[0]
         unsorted += [v % 8 for v in variables] != sorted(v % 8 for v in variables)
     assert unsorted > 20   # not hash order
+
+
+@pytest.mark.parametrize("mode", ["induct", "deduct", "abduct"])
+def test_a_max_length_nothing_fits_is_rejected_not_looped_on(mode):
+    """The header alone is 4 + |vars| + 24 + 20 ids: with max_length 60 nearly no draw fits
+    and sampling would loop forever; the task refuses it when built."""
+    with pytest.raises(ValueError, match="draws fit max_length=60"):
+        LimeTask(mode, max_length=60)
+    t = LimeTask(mode, max_length=110)  # tight but feasible
+    assert generate_range(t, 0, "train", 0, 32)["inputs"].lengths.max() <= 110
