@@ -6,6 +6,11 @@ seqio tasks train on (before EOS is appended). Formats:
   text     the examples decoded with the vocabulary
   release  the authors' file format: `[input ids]\\t[target ids]` per line, no EOS
            (`nonsense_summary`: `document\\tsummary` text; `nesting_language`: `[ids]`)
+Task settings, as the authors' generator takes them: --length_range LO,HI and
+--num_tokens N (a random sub-vocabulary of N symbols; --vocab_seed picks it) for the
+simple tasks, --num_tokens for LIME, and --config KEY=VALUE (repeatable; VALUE in JSON,
+e.g. order=first_occurrence, balanced=false, max_length=150) for any setting of the
+task's constructor; a VALUE that is not JSON is taken as a string). Other settings give other examples, under the same seed and index.
 With --output the file is written to a temporary name and renamed when complete.
 No TensorFlow or JAX is imported.
 """
@@ -43,9 +48,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="ids", choices=["ids", "text", "release"])
     p.add_argument("--spm_path", default=None,
                    help=f"local T5 SentencePiece model (default ${SPM_ENV_VAR}, else the fallback)")
+    p.add_argument("--length_range", default=None, metavar="LO,HI",
+                   help="raw input lengths of a simple task (default 10,220)")
+    p.add_argument("--num_tokens", type=int, default=None,
+                   help="a random sub-vocabulary of this many symbols (simple tasks, LIME)")
+    p.add_argument("--vocab_seed", type=int, default=None, help="which sub-vocabulary")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="any task setting, VALUE in JSON (repeatable)")
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
     p.add_argument("--list", action="store_true", help="list task names and exit")
     return p
+
+
+def _settings(args) -> dict:
+    """The task constructor's keyword arguments from the command line."""
+    out: dict = {}
+    if args.length_range is not None:
+        try:
+            lo, hi = (int(v) for v in args.length_range.split(","))
+        except ValueError:
+            raise UserError(f"--length_range must be LO,HI (two integers), got "
+                            f"{args.length_range!r}") from None
+        out["length_range"] = (lo, hi)
+    if args.num_tokens is not None:
+        out["num_tokens"] = args.num_tokens
+    if args.vocab_seed is not None:
+        out["vocab_seed"] = args.vocab_seed
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"--config takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: the string itself
+            out[key] = value
+    return out
+
+
+def _build(name: str, codec, settings: dict):
+    try:
+        return make_task(name, codec=codec, **settings)
+    except TypeError as e:  # a setting this task's constructor does not take
+        raise UserError(f"task {name} does not take these settings: {e}") from None
+    except ValueError as e:
+        raise UserError(f"task {name}: {e}") from None
 
 
 def _lines(task, block, start: int, fmt: str, codec):
@@ -93,8 +139,9 @@ def main(argv: list[str]) -> int:
     if args.num < 0 or args.start < 0:
         raise UserError("--num and --start must be >= 0")
     name = check_name(args.task)  # before the vocabulary, so a bad name is the only output
+    settings = _settings(args)
     codec = resolve_codec(args.spm_path)
-    task = make_task(name, codec=codec)
+    task = _build(name, codec, settings)
     if args.output is None:
         _write(sys.stdout, task, args, codec, progress=False)
         return 0

@@ -73,11 +73,35 @@ def test_gen_output_file_is_complete(tmp_path, capsys):
     (["gen", "union", "--split", "dev"], "invalid choice"),
     (["gen", "union", "--num", "-1"], "--num"),
     (["gen"], "missing TASK"),
+    (["gen", "search", "--length_range", "50,50"], "too small for search"),
+    (["gen", "identity", "--length_range", "10"], "--length_range must be LO,HI"),
+    (["gen", "nesting_language", "--num_tokens", "5"], "does not take these settings"),
+    (["gen", "union", "--config", "order=sorted"], "order must be one of"),
+    (["gen", "union", "--config", "order"], "--config takes KEY=VALUE"),
+    (["gen", "induct", "--config", "max_length=60"], "draws fit max_length=60"),
 ])
 def test_gen_bad_input_is_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+def test_gen_task_settings_are_the_constructors(capsys):
+    """--length_range/--num_tokens/--vocab_seed/--config reach the task as constructor
+    settings: the same examples as make_task with them."""
+    argv = ["gen", "search", "--num", "4", "--length_range", "10,40", "--num_tokens", "30",
+            "--vocab_seed", "2", "--config", "balanced=false"]
+    rc, out, _ = run(capsys, *argv)
+    assert rc == 0
+    task = make_task("search", length_range=(10, 40), num_tokens=30, vocab_seed=2,
+                     balanced=False)
+    ref = generate_range(task, 0, "train", 0, 4)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["inputs"] for r in rows] == ref["inputs"].tolists()
+    assert all(10 <= len(r["inputs"]) - 2 <= 40 for r in rows)
+    rc, out, _ = run(capsys, "gen", "union", "--num", "2", "--config", "order=first_occurrence")
+    ref = generate_range(make_task("union", order="first_occurrence"), 0, "train", 0, 2)
+    assert rc == 0 and [json.loads(x)["targets"] for x in out.splitlines()] == ref["targets"].tolists()
 
 
 def test_gen_list(capsys):
