@@ -11,21 +11,26 @@ Task settings, as the authors' generator takes them: --length_range LO,HI and
 simple tasks, --num_tokens for LIME, and --config KEY=VALUE (repeatable; VALUE in JSON,
 e.g. order=first_occurrence, balanced=false, max_length=150) for any setting of the
 task's constructor; a VALUE that is not JSON is taken as a string). Other settings give other examples, under the same seed and index.
+--dedup drops examples whose input an earlier one had (the authors' `deduped_*` files).
 With --output the file is written to a temporary name and renamed when complete.
 No TensorFlow or JAX is imported.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 from typing import IO
 
+import numpy as np
+
 from synthpre_jax.errors import UserError
-from synthpre_jax.synthetic.base import generate_range
+from synthpre_jax.synthetic.base import generate_range, key_bytes
 from synthpre_jax.synthetic.codec import SPM_ENV_VAR, resolve_codec
+from synthpre_jax.synthetic.ragged import take_rows
 from synthpre_jax.synthetic.registry import ALIASES, check_name, make_task, task_names
 from synthpre_jax.synthetic.rng import SPLIT_IDS
 
@@ -55,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab_seed", type=int, default=None, help="which sub-vocabulary")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="any task setting, VALUE in JSON (repeatable)")
+    p.add_argument("--dedup", action="store_true",
+                   help="drop examples whose input an earlier one had (the authors' deduped_* "
+                        "files); --num still counts the examples generated")
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
     p.add_argument("--list", action="store_true", help="list task names and exit")
     return p
@@ -94,11 +102,10 @@ def _build(name: str, codec, settings: dict):
         raise UserError(f"task {name}: {e}") from None
 
 
-def _lines(task, block, start: int, fmt: str, codec):
+def _lines(task, block, indices, fmt: str, codec):
     feats = task.features
     rows = {f: block[f].tolists() for f in feats}
-    for j in range(len(rows[feats[0]])):
-        i = start + j
+    for j, i in enumerate(indices):
         if fmt == "ids":
             yield json.dumps({"index": i, **{f: rows[f][j] for f in feats}})
         elif fmt == "text":
@@ -111,21 +118,44 @@ def _lines(task, block, start: int, fmt: str, codec):
             yield "\t".join(str(rows[f][j]) for f in feats)
 
 
+def _first_of_each_input(block, seen: set) -> np.ndarray:
+    """Rows whose input (the first feature) no earlier row had: the authors'
+    `deduplicate_generated_data` (first line per distinct input; targets not compared).
+    `seen` holds 16-byte digests of the inputs so far (about 100 bytes per example)."""
+    keys = key_bytes(next(iter(block.values())))
+    keep = []
+    for j, k in enumerate(keys):
+        h = hashlib.blake2b(k, digest_size=16).digest()
+        if h not in seen:
+            seen.add(h)
+            keep.append(j)
+    return np.array(keep, dtype=np.int64)
+
+
 def _write(out: IO[str], task, args, codec, progress: bool) -> None:
-    done, t0, last = 0, time.time(), 0.0
+    done, kept, t0, last = 0, 0, time.time(), 0.0
+    seen: set = set()
     while done < args.num:
         n = min(CHUNK, args.num - done)
         start = args.start + done
         block = generate_range(task, args.seed, args.split, start, start + n)
-        for line in _lines(task, block, start, args.format, codec):
+        indices = np.arange(start, start + n)
+        if args.dedup:
+            rows = _first_of_each_input(block, seen)
+            block = {f: take_rows(r, rows) for f, r in block.items()}
+            indices = indices[rows]
+        for line in _lines(task, block, indices.tolist(), args.format, codec):
             out.write(line + "\n")
         done += n
+        kept += len(indices)
         if progress and time.time() - last > 1.0:
             last = time.time()
             rate = done / max(last - t0, 1e-9)
             print(f"\r{done}/{args.num} examples ({rate:,.0f}/s)", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
+    if args.dedup and sys.stderr.isatty():
+        print(f"{kept} of {done} examples kept (--dedup)", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

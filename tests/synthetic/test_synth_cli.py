@@ -104,6 +104,24 @@ def test_gen_task_settings_are_the_constructors(capsys):
     assert rc == 0 and [json.loads(x)["targets"] for x in out.splitlines()] == ref["targets"].tolists()
 
 
+def test_gen_dedup_keeps_the_first_line_of_each_input(capsys, monkeypatch):
+    """--dedup is the authors' deduplicate_generated_data: the first line per distinct input
+    (targets not compared), across generation blocks, in order."""
+    from synthpre_jax.synthetic import cli as gen_cli
+
+    monkeypatch.setattr(gen_cli, "CHUNK", 64)  # several blocks
+    argv = ["gen", "first_token", "--num_tokens", "3", "--length_range", "1,3", "--num", "300",
+            "--format", "release"]
+    _, full, _ = run(capsys, *argv)
+    rc, dedup, _ = run(capsys, *argv, "--dedup")
+    seen, ref = set(), []
+    for line in full.splitlines():
+        if line.split("\t")[0] not in seen:
+            seen.add(line.split("\t")[0])
+            ref.append(line)
+    assert rc == 0 and dedup.splitlines() == ref and 3 < len(ref) < 300
+
+
 def test_gen_list(capsys):
     rc, out, _ = run(capsys, "gen", "--list")
     assert rc == 0 and "identity_vocab10" in out and "nesting_language" in out
