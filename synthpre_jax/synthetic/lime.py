@@ -51,6 +51,12 @@ class LimeTask(SyntheticTask):
         self.sizes = (num_upper, num_lower, num_math)
         if len(self.pool) < sum(self.sizes):
             raise ValueError(f"LIME needs at least {sum(self.sizes)} tokens in the pool")
+        for name, (lo, hi), least in (("num_chars_range", num_chars_range, 1),
+                                      ("pattern_length_range", pattern_length_range, 0),
+                                      ("subst_length_range", subst_length_range, 0)):
+            if not least <= lo <= hi:
+                raise ValueError(f"{name} must be (lo, hi) with {least} <= lo <= hi, "
+                                 f"got {(lo, hi)}")
         if num_chars_range[1] > num_upper:
             raise ValueError("num_chars_range exceeds the number of UPPER symbols")
         self.max_length = max_length

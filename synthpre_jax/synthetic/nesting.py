@@ -49,6 +49,8 @@ class NestingLanguageTask(SyntheticTask):
             raise ValueError("ids must stay within 2..31999 (no PAD/EOS, no sentinels)")
         if not 1 <= min_pairs <= max_pairs or max_depth < 1 or not 0 < open_prob <= 1:
             raise ValueError("need 1 <= min_pairs <= max_pairs, max_depth >= 1, 0 < open_prob <= 1")
+        if num_pairs < 1 or sentences_per_example < 1:
+            raise ValueError("need num_pairs >= 1 and sentences_per_example >= 1")
         self.num_pairs, self.zipf_exponent = int(num_pairs), float(zipf_exponent)
         self.min_pairs, self.max_pairs = int(min_pairs), int(max_pairs)
         self.open_prob, self.max_depth = float(open_prob), int(max_depth)

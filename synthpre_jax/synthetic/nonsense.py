@@ -35,7 +35,7 @@ class _Retry(Exception):
 
 
 def nonsense_vocabulary(size: int = 5000) -> list[str]:
-    slots = int(np.ceil(np.log(size) / np.log(26)))
+    slots = max(1, int(np.ceil(np.log(size) / np.log(26))))  # 3 letters for 677..17576 words
     out = []
     for i in range(size):
         w, v = "", i
@@ -334,6 +334,9 @@ class NonsenseSummaryTask(SyntheticTask):
     def __init__(self, codec: Optional[Codec] = None, vocab_size: int = 5000,
                  mean_num_sentences: int = 10, mean_sentence_length: int = 10,
                  num_transformations: int = 3):
+        if vocab_size < 1 or mean_num_sentences < 1 or mean_sentence_length < 1:
+            raise ValueError("nonsense_summary needs vocab_size, mean_num_sentences and "
+                             "mean_sentence_length >= 1")
         self.codec = codec or FallbackCodec()
         self.vocab_size = vocab_size
         self.words = nonsense_vocabulary(vocab_size)

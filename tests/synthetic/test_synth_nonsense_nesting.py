@@ -163,3 +163,25 @@ def test_nesting_rejects_ids_outside_the_vocabulary():
         NestingLanguageTask(num_pairs=16000)
     with pytest.raises(ValueError):
         NestingLanguageTask(first_id=0)
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("nonsense_summary", dict(vocab_size=0)), ("nonsense_summary", dict(mean_num_sentences=0)),
+    ("nonsense_summary", dict(mean_sentence_length=0)),
+    ("nesting_language", dict(sentences_per_example=0)), ("nesting_language", dict(num_pairs=0)),
+    ("deduct", dict(num_chars_range=(5, 3))), ("induct", dict(subst_length_range=(-1, 2))),
+])
+def test_settings_that_make_no_examples_are_rejected(name, settings):
+    """Empty examples, an empty vocabulary or a reversed range are a ValueError when the
+    task is built, not a crash (nonsense vocab_size=0 raised OverflowError) or empty rows."""
+    from synthpre_jax.synthetic.registry import make_task
+
+    with pytest.raises(ValueError):
+        make_task(name, **settings)
+
+
+def test_a_one_word_nonsense_vocabulary_is_one_letter():
+    from synthpre_jax.synthetic.nonsense import nonsense_vocabulary
+
+    assert nonsense_vocabulary(1) == ["a"] and nonsense_vocabulary(26)[-1] == "z"
+    assert len(nonsense_vocabulary(27)[26]) == 2 and len(nonsense_vocabulary(5000)[0]) == 3
