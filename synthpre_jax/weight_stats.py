@@ -289,7 +289,7 @@ def _sampler(rule: str, dtype: str, sharding: Any, donate: bool):
 
     Draws into 4-byte dtypes run as two programs, the hash bits written into the output
     buffer and then turned into normals in place (`counter_rng.normal_from_bits`): the same
-    values as one fused program, ~25% faster on XLA:CPU (accelerators keep the fused program:
+    values as one fused program, ~15% faster on XLA:CPU (accelerators keep the fused program:
     there it saves a memory pass, and the raw bits never pass through float storage)."""
     def fused(keys, i, mu, sigma, fresh=None, *, shape):
         del fresh  # only its buffer is used (donated)
