@@ -7,10 +7,12 @@ JAX or TensorFlow. Every command runs under `run_guarded`, which turns a
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from typing import Callable, Sequence
+import tempfile
+from typing import Callable, Iterator, Sequence
 
 from synthpre_jax.errors import UserError
 
@@ -27,6 +29,48 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("synthpre_jax.report", "tables (with % of benefit) and plots from finished runs"),
     "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
 }
+
+
+# Commands whose first steps import TensorFlow (seqio input pipelines).
+TF_COMMANDS = frozenset({"train", "inspect", "eval", "infer", "experiment", "prepare-data"})
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hold back what native code writes to fd 2 inside the block; replay it if the block
+    fails. TensorFlow's libraries log while they load ("Could not find cuda drivers...",
+    "All log messages before absl::InitializeLog()..."), before TF_CPP_MIN_LOG_LEVEL can
+    apply, so every command would start with lines that are not about the user's input."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2
+        yield
+        return
+    ok = False
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not ok:
+                held.seek(0)
+                os.write(2, held.read())
+
+
+def _import_tensorflow_quietly() -> None:
+    """SYNTHPRE_QUIET_TF=0 shows the load-time lines (e.g. to debug a TensorFlow install)."""
+    if os.environ.get("SYNTHPRE_QUIET_TF", "1") == "0":
+        return
+    with _quiet_native_stderr():
+        try:
+            import tensorflow  # noqa: F401 - loaded here, quietly, for the command
+        except ImportError:
+            pass  # the command reports it where it needs TensorFlow
 
 
 def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
@@ -64,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; "
               "run 'synthpre --help' for the list", file=sys.stderr)
         return 2
+    if cmd in TF_COMMANDS and not {"-h", "--help"} & set(rest):
+        _import_tensorflow_quietly()
     module = importlib.import_module(COMMANDS[cmd][0])
     return run_guarded(module.main, rest)
 

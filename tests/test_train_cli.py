@@ -59,3 +59,21 @@ def test_incompatible_checkpoint_in_model_dir(tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert "shape" in lines[0] or "match" in lines[0], lines[0]
     assert sorted(os.listdir(d)) == before
+
+
+def test_bad_input_is_exactly_one_line_without_tensorflow_load_noise():
+    """TensorFlow's native libraries log at load time ("Could not find cuda drivers...")
+    before its log settings apply; the CLI holds that back, so a mistake is one line."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    env = subprocess_env(1)
+    env["SYNTHPRE_SPM_PATH"] = "/nonexistent/sentencepiece.model"
+    for argv in (["inspect", "synthpre_nope"], ["train", "--gin_file=/nonexistent.gin"]):
+        proc = subprocess.run([sys.executable, "-m", "synthpre_jax.cli", *argv], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), \
+            proc.stderr[-2000:]
