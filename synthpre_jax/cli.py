@@ -62,7 +62,7 @@ def _quiet_native_stderr() -> Iterator[None]:
                 os.write(2, held.read())
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """SYNTHPRE_QUIET_TF=0 shows the load-time lines (e.g. to debug a TensorFlow install)."""
     if os.environ.get("SYNTHPRE_QUIET_TF", "1") == "0":
         return
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run 'synthpre --help' for the list", file=sys.stderr)
         return 2
     if cmd in TF_COMMANDS and not {"-h", "--help"} & set(rest):
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     module = importlib.import_module(COMMANDS[cmd][0])
     return run_guarded(module.main, rest)
 

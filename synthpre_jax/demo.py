@@ -14,7 +14,7 @@ import re
 import sys
 import time
 
-from synthpre_jax.cli import run_guarded
+from synthpre_jax.cli import import_tensorflow_quietly, run_guarded
 
 GRID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "gin_configs", "experiments", "demo.yaml")
@@ -72,4 +72,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import_tensorflow_quietly()
     sys.exit(run_guarded(main, sys.argv[1:]))
