@@ -170,6 +170,10 @@ def main(argv: list[str]) -> int:
         raise UserError("--num and --start must be >= 0")
     name = check_name(args.task)  # before the vocabulary, so a bad name is the only output
     settings = _settings(args)
+    if args.output is not None:  # before the vocabulary, whose warning would come first
+        parent = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(parent):
+            raise UserError(f"cannot write {args.output}: {parent} is not a directory")
     codec = resolve_codec(args.spm_path)
     task = _build(name, codec, settings)
     if args.output is None:

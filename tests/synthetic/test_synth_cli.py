@@ -79,6 +79,7 @@ def test_gen_output_file_is_complete(tmp_path, capsys):
     (["gen", "union", "--config", "order=sorted"], "order must be one of"),
     (["gen", "union", "--config", "order"], "--config takes KEY=VALUE"),
     (["gen", "induct", "--config", "max_length=60"], "draws fit max_length=60"),
+    (["gen", "set", "--output", "/nonexistent_dir/x.txt"], "/nonexistent_dir is not a directory"),
 ])
 def test_gen_bad_input_is_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
