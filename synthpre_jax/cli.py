@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # Commands whose first steps import TensorFlow (seqio input pipelines).
-TF_COMMANDS = frozenset({"train", "inspect", "eval", "infer", "experiment", "prepare-data"})
+TF_COMMANDS = frozenset({"train", "inspect", "eval", "infer", "experiment", "prepare-data",
+                         "select", "report"})
 
 
 @contextlib.contextmanager

@@ -86,8 +86,12 @@ def _read_lines(input_file: str) -> list[str]:
     path = os.path.expanduser(str(input_file))
     if not os.path.isfile(path):
         raise UserError(f"input file {input_file} does not exist; check INPUT_FILE")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n").rstrip("\r") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n").rstrip("\r") for line in f]
+    except UnicodeDecodeError as e:
+        raise UserError(f"input file {input_file} is not UTF-8 text ({e.reason} at byte "
+                        f"{e.start}); give one UTF-8 input per line") from None
     if not lines or all(not line.strip() for line in lines):
         raise UserError(f"input file {input_file} is empty; put one input per line")
     return lines

@@ -77,3 +77,13 @@ def test_bad_input_is_exactly_one_line_without_tensorflow_load_noise():
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), \
             proc.stderr[-2000:]
+
+
+def test_a_non_utf8_input_file_is_a_user_error(tmp_path):
+    from synthpre_jax.errors import UserError
+    from synthpre_jax.infer import _read_lines
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9 au lait\n")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        _read_lines(str(bad))
