@@ -16,24 +16,20 @@ from typing import Callable, Iterator, Sequence
 
 from synthpre_jax.errors import UserError
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("synthpre_jax.train", "train or fine-tune a model (T5X-style gin flags)"),
-    "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task"),
-    "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture"),
-    "prepare-data": ("synthpre_jax.data.prepare", "download a downstream task's public data and verify its counts"),
-    "eval": ("synthpre_jax.eval", "inference eval (decode + metrics) of a checkpoint or every checkpoint of a run"),
-    "infer": ("synthpre_jax.infer", "predictions of a checkpoint for a task split or a file of inputs, to JSONL"),
-    "select": ("synthpre_jax.select", "the paper's checkpoint selection: max validation accuracy step and its metrics"),
-    "experiment": ("synthpre_jax.experiment", "run or resume a grid of pre-train -> select -> fine-tune runs"),
-    "report": ("synthpre_jax.report", "tables (with % of benefit) and plots from finished runs"),
-    "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics"),
+# command -> (module, one-line help, whether its first steps import TensorFlow (seqio input
+# pipelines): those load it quietly first, see `import_tensorflow_quietly`)
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "train": ("synthpre_jax.train", "train or fine-tune a model (T5X-style gin flags)", True),
+    "gen": ("synthpre_jax.synthetic.cli", "print generated examples of a synthetic task", False),
+    "inspect": ("synthpre_jax.data.inspect", "print decoded examples of any registered task or mixture", True),
+    "prepare-data": ("synthpre_jax.data.prepare", "download a downstream task's public data and verify its counts", True),
+    "eval": ("synthpre_jax.eval", "inference eval (decode + metrics) of a checkpoint or every checkpoint of a run", True),
+    "infer": ("synthpre_jax.infer", "predictions of a checkpoint for a task split or a file of inputs, to JSONL", True),
+    "select": ("synthpre_jax.select", "the paper's checkpoint selection: max validation accuracy step and its metrics", True),
+    "experiment": ("synthpre_jax.experiment", "run or resume a grid of pre-train -> select -> fine-tune runs", True),
+    "report": ("synthpre_jax.report", "tables (with % of benefit) and plots from finished runs", True),
+    "weight-stats": ("synthpre_jax.weight_stats_cli", "re-initialise a checkpoint from its weight statistics", False),
 }
-
-
-# Commands whose first steps import TensorFlow (seqio input pipelines).
-TF_COMMANDS = frozenset({"train", "inspect", "eval", "infer", "experiment", "prepare-data",
-                         "select", "report"})
 
 
 @contextlib.contextmanager
@@ -91,7 +87,7 @@ def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: synthpre <command> [args]", "", "commands:"]
-    lines += [f"  {c.ljust(width)}  {h}" for c, (_, h) in COMMANDS.items()]
+    lines += [f"  {c.ljust(width)}  {h}" for c, (_, h, _) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -109,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; "
               "run 'synthpre --help' for the list", file=sys.stderr)
         return 2
-    if cmd in TF_COMMANDS and not {"-h", "--help"} & set(rest):
+    module_name, _, uses_tf = COMMANDS[cmd]
+    if uses_tf and not {"-h", "--help"} & set(rest):
         import_tensorflow_quietly()
-    module = importlib.import_module(COMMANDS[cmd][0])
+    module = importlib.import_module(module_name)
     return run_guarded(module.main, rest)
 
 
