@@ -121,19 +121,19 @@ def measure_floor(flat_src: dict, repeats: int, cpu: list) -> float:
 
 
 def measure_rng(shapes: list[tuple[int, ...]], repeats: int) -> dict:
-    """The draws alone (compiled), into new buffers: `counter_rng` as the transform runs it
-    on a CPU (hash bits, then normals in place: two programs), the same values from one
-    fused program, and, for comparison, `jax.random.normal` (threefry)."""
+    """The draws alone (compiled), into new buffers: the transform's own sampler (on a CPU
+    two programs: hash bits, then normals in place), the same values from one fused
+    program, and, for comparison, `jax.random.normal` (threefry)."""
     kd = jax.random.key_data(jax.random.key(0))
+    sampler = ws._sampler("N(0,sigma)", "float32",
+                          jax.sharding.SingleDeviceSharding(jax.devices()[0]), False)
+    one, zero = np.float32(1), np.float32(0)
     fused = jax.jit(lambda k, shape: counter_rng.standard_normal(k, shape), static_argnums=1)
-    bits = jax.jit(lambda k, shape: jax.lax.bitcast_convert_type(
-        counter_rng.random_bits(*counter_rng.key_words(k), shape), jnp.float32), static_argnums=1)
-    finish = jax.jit(lambda raw: counter_rng.normal_from_bits(
-        jax.lax.bitcast_convert_type(raw, jnp.uint32)), donate_argnums=0)
     threefry = jax.jit(lambda k, shape: jax.random.normal(jax.random.wrap_key_data(k), shape,
                                                           jnp.float32), static_argnums=1)
     out = {}
-    for name, draw in (("counter", lambda k, shape: finish(bits(k, shape))),
+    for name, draw in (("counter", lambda k, shape: sampler(k[None], np.int32(0), zero, one,
+                                                            shape=shape)),
                        ("counter_fused", fused), ("threefry", threefry)):
         for s in set(shapes):
             draw(kd, s).block_until_ready()
