@@ -41,7 +41,7 @@ _ended_unreleased: set = set()  # _Consumer states: ended, generator object stil
 class _Consumer:
     """Exit bookkeeping of one `background_iter` generator."""
 
-    __slots__ = ("released", "__weakref__")
+    __slots__ = ("released",)
 
     def __init__(self) -> None:
         self.released = False

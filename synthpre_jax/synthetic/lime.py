@@ -137,9 +137,8 @@ class LimeTask(SyntheticTask):
         nu, nl, nm = self.sizes
         ids = list(range(10_000, 10_000 + nu + nl + nm))
         upper, lower, math = ids[:nu], ids[nu:nu + nl], ids[nu + nl:]
-        fits = sum(self._round(st, upper, lower, math)[0] for _ in range(rounds))
-        if not fits:
-            raise ValueError(f"LIME {self.mode}: only {fits} of {rounds} draws fit "
+        if not any(self._round(st, upper, lower, math)[0] for _ in range(rounds)):
+            raise ValueError(f"LIME {self.mode}: none of {rounds} draws fit "
                              f"max_length={self.max_length}; raise it or shorten the ranges")
 
     def _one(self, st: UniformStream, upper: list, lower: list, math: list) -> tuple:
