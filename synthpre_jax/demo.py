@@ -7,13 +7,13 @@ and skips finished runs. The numbers are whatever they turn out to be.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
 import sys
 import time
 
+from synthpre_jax import errors
 from synthpre_jax.cli import import_tensorflow_quietly, run_guarded
 
 GRID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -47,7 +47,7 @@ def _simulates_several_cpu_devices(env) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="synthpre demo")
+    p = errors.ArgumentParser(prog="synthpre demo")
     p.add_argument("--out", default="demo_runs", help="where the run directories and the report go")
     p.add_argument("--grid", default=GRID)
     args = p.parse_args(argv)

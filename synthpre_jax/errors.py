@@ -7,6 +7,7 @@ binding, a path, a checkpoint that does not fit) and the message says what to do
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 from typing import Iterable
 
@@ -21,3 +22,11 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one UserError line (exit code 2 via
+    `cli.run_guarded`) instead of printing the whole usage text and exiting itself."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see '{self.prog} --help'")

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from synthpre_jax import gin_utils
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 
 if __name__ == "__main__":  # `python -m synthpre_jax.eval`: run the package module so that
@@ -167,7 +168,7 @@ def evaluate(*, model: Any, dataset_cfg: Any, partitioner: Any, checkpoint_path:
 
 def parse_args(argv: list[str], prog: str, description: str) -> argparse.Namespace:
     """T5X's flags for the eval and infer entry points (gin, TFDS dir, multi-host)."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = errors.ArgumentParser(prog=prog, description=description)
     gin_utils.add_gin_flags(p)
     p.add_argument("--tfds_data_dir", default=None, help="TFDS data directory")
     p.add_argument("--multiprocess_gpu", action="store_true", help="initialise jax.distributed for multi-host GPU")

@@ -26,7 +26,6 @@ final checkpoint exists is skipped, an interrupted one continues from its latest
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,6 +34,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 
 _INIT_MODES = ("from_scratch", "load", "load_all_but_embed", "weight_stats", "constant_preattn_ln")
@@ -231,7 +231,7 @@ def run_grid(runs: list[Run], dry_run: bool = False, stream=None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="synthpre experiment", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="synthpre experiment", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid YAML file")
     p.add_argument("--out", default=None, help="output directory (overrides the grid's out_dir)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and commands only")

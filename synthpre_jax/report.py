@@ -7,7 +7,6 @@ tasks (spec 5: inferred from the paper, not in the authors' code).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -16,6 +15,7 @@ import statistics
 import sys
 from typing import Any, Optional
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 
 RUN_META = "run.json"
@@ -211,8 +211,25 @@ def plot(runs: list[dict], t: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def _check_init_names(runs: list[dict], args, natural: Optional[str]) -> None:
+    """A misspelled --random or --natural would leave the gain and benefit columns empty
+    without a word; the names must be initialisations the runs have."""
+    inits = sorted({r["init"] for r in runs})
+    for flag, name, given in (("--random", args.random, args.random != "random"),
+                              ("--natural", args.natural, args.natural is not None)):
+        if given and name not in inits:
+            raise UserError(f"{flag} {name!r} is not an initialisation of these runs"
+                            f"{errors.did_you_mean(name, inits)}; they have: {', '.join(inits)}")
+    if args.random not in inits:
+        print(f"warning: no runs with init {args.random!r}: no gain or % of benefit "
+              "(name the random-init rows with --random)", file=sys.stderr)
+    elif natural is not None and args.natural is None and natural not in inits:
+        print(f"warning: the grid's natural init {natural!r} has no finished runs: "
+              "no % of benefit", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="synthpre report", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="synthpre report", description=__doc__.split("\n\n")[0])
     p.add_argument("exp_dirs", nargs="+")
     p.add_argument("--out", default=None, help="where report.md, results.csv and plots go (default: first EXP_DIR)")
     p.add_argument("--random", default="random", help="name of the random-init rows")
@@ -226,6 +243,10 @@ def main(argv: list[str]) -> int:
         if os.path.exists(grid_meta):
             with open(grid_meta, encoding="utf-8") as f:
                 natural = json.load(f).get("natural")
+    _check_init_names(runs, args, natural)
+    if args.out is None and os.path.isdir(os.path.join(args.exp_dirs[0], "training_eval")):
+        raise UserError(f"{args.exp_dirs[0]} is one fine-tuning run, not an experiment directory: "
+                        "pass the experiment directory, or --out DIR to report this run alone")
     table = build_table(runs, args.random, natural)
     out = args.out or args.exp_dirs[0]
     try:

@@ -18,7 +18,6 @@ Event files are read with TensorBoard's own loader; values written as TF2 tensor
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -26,6 +25,7 @@ import os
 import sys
 from typing import Any, Iterable, Optional, Sequence
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 
 ACCURACY_TAG = "accuracy"
@@ -209,7 +209,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="synthpre select", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="synthpre select", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished run directory (MODEL_DIR)")
     p.add_argument("--metrics", default=None, help="comma-separated inference metrics (default: all logged)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from synthpre_jax import gin_utils
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 
 
@@ -378,15 +379,8 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
     return result
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse prints usage plus a message and exits; report a bad flag as one UserError line."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; see 'synthpre train --help'")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _ArgumentParser(prog="synthpre train", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="synthpre train", description=__doc__.split("\n\n")[0])
     gin_utils.add_gin_flags(p)
     p.add_argument("--tfds_data_dir", default=None, help="TFDS data directory")
     p.add_argument("--multiprocess_gpu", action="store_true", help="initialise jax.distributed for multi-host GPU")

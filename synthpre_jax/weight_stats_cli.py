@@ -14,16 +14,19 @@ anything is written: a bad scheme, source or DIR leaves DIR untouched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import re
+import shutil
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 from synthpre_jax.weight_stats_groups import (KEEP_FRESH, SCHEMES, resolve_scheme,
                                               transformable_names)
@@ -31,7 +34,7 @@ from synthpre_jax.weight_stats_groups import (KEEP_FRESH, SCHEMES, resolve_schem
 
 def _parser() -> argparse.ArgumentParser:
     schemes = ", ".join(f"{s.name} ({s.paper_name})" for s in SCHEMES.values())
-    p = argparse.ArgumentParser(prog="synthpre weight-stats", description=__doc__.split("\n")[0],
+    p = errors.ArgumentParser(prog="synthpre weight-stats", description=__doc__.split("\n")[0],
                                 epilog=f"schemes: {schemes}; custom (gin RegexScheme)")
     p.add_argument("--source", required=True, help="pre-trained checkpoint (Orbax, T5X or HF)")
     p.add_argument("--scheme", required=True,
@@ -170,6 +173,37 @@ def _check_out(out: str) -> None:
                         "choose a new directory")
 
 
+@contextlib.contextmanager
+def _claimed_out(out: str) -> Iterator[None]:
+    """Create --out (and prove it writable) before the slow re-sampling, so an unusable
+    directory fails in the first second; if anything fails later, remove what this run
+    created, so a failed run leaves no half-written checkpoint behind."""
+    existed = os.path.isdir(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"--out {out} is not writable ({e.strerror or e}); "
+                        "choose another directory") from None
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not ok:
+            if existed:
+                for name in os.listdir(out):
+                    path = os.path.join(out, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+
+
 def _progress(msg: str) -> None:
     print(f"weight-stats: {msg}", file=sys.stderr, flush=True)
 
@@ -192,6 +226,18 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--plot {args.plot}: give a .png file name")
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UserError(f"--plot {args.plot}: its directory does not exist")
+
+    if not os.path.exists(os.path.expanduser(args.source)):
+        raise UserError(f"--source {args.source} does not exist; give a checkpoint directory "
+                        "(Orbax, legacy T5X or Hugging Face)")
+    with _claimed_out(args.out):
+        _resample_and_write(args, scheme, network, checkpoints, weight_stats)
+    return 0
+
+
+def _resample_and_write(args: argparse.Namespace, scheme: Any, network: Any, checkpoints: Any,
+                        weight_stats: Any) -> None:
+    from synthpre_jax import gin_utils
 
     _progress(f"loading {args.source}")
     source = checkpoints.load_params(args.source)
@@ -230,4 +276,3 @@ def main(argv: list[str]) -> int:
         plot_stds(args.plot, names, src_std, res_std, f"{scheme.name} (seed {args.seed})")
         _progress(f"plot written to {args.plot}")
     print(f"wrote {step_dir} (use it as INITIAL_CHECKPOINT_PATH)")
-    return 0

@@ -70,3 +70,34 @@ def test_no_runs_is_user_error(tmp_path):
     from synthpre_jax.errors import UserError
     with pytest.raises(UserError):
         report.find_runs([str(tmp_path)])
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--natural", "naturl"], "--natural 'naturl' is not an initialisation of these runs (did you mean 'natural'?)"),
+    (["--random", "rand0m"], "--random 'rand0m' is not an initialisation"),
+])
+def test_misspelled_init_name_is_user_error_and_writes_nothing(exp, flags, needle):
+    from synthpre_jax.errors import UserError
+    with pytest.raises(UserError) as e:
+        report.main([str(exp)] + flags)
+    assert needle in str(e.value) and "natural, random, set" in str(e.value)
+    assert not (exp / "report.md").exists()
+
+
+def test_one_run_dir_needs_out(exp, tmp_path_factory):
+    from synthpre_jax.errors import UserError
+    run = exp / "finetune" / "a" / "set" / "seed0"
+    with pytest.raises(UserError, match="one fine-tuning run, not an experiment directory"):
+        report.main([str(run)])
+    assert not (run / "report.md").exists()
+    out = tmp_path_factory.mktemp("one")
+    assert report.main([str(run), "--out", str(out)]) == 0
+    assert (out / "report.md").exists()
+
+
+def test_unwritable_out_is_user_error(exp, tmp_path_factory):
+    from synthpre_jax.errors import UserError
+    blocker = tmp_path_factory.mktemp("x") / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot write the report to .*choose another --out"):
+        report.main([str(exp), "--out", str(blocker / "sub")])

@@ -157,7 +157,9 @@ def test_other_bad_inputs_exit_2(tiny, tmp_path, capsys):
     for argv, match in [
         (["--source", path, "--scheme", "mlp_scale", "--out", str(busy)], "not an empty directory"),
         (["--source", str(tmp_path / "none"), "--scheme", "mlp_scale", "--out",
-          str(tmp_path / "o1")], "does not exist"),
+          str(tmp_path / "o1")], f"--source {tmp_path / 'none'} does not exist"),
+        (["--source", path, "--scheme", "mlp_scale", "--out",
+          str(busy / "keep.txt" / "o3")], "is not writable"),
         (["--source", path, "--scheme", "mlp_scale", "--out", str(tmp_path / "o2"),
           "--plot", str(tmp_path / "x.jpg")], ".png"),
     ]:
@@ -165,3 +167,27 @@ def test_other_bad_inputs_exit_2(tiny, tmp_path, capsys):
         assert rc == 2 and match in _error(err), err
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_failure_after_out_is_claimed_leaves_nothing(tiny, tmp_path, capsys, monkeypatch):
+    """--out is created (and probed) before the re-sampling; a failure later removes it."""
+    from synthpre_jax import weight_stats_cli
+
+    _, path, _ = tiny
+
+    claimed = []
+
+    def boom(*a, **k):
+        from synthpre_jax.errors import UserError
+        claimed.extend(p.name for p in tmp_path.iterdir())  # --out exists before the slow part
+        raise UserError("simulated failure while re-sampling")
+
+    monkeypatch.setattr(weight_stats_cli, "fresh_params", boom)
+    rc, out, err = _run(["--source", path, "--scheme", "mlp_scale", "--out", str(tmp_path / "o")],
+                        capsys)
+    assert rc == 2 and "simulated failure" in _error(err)
+    assert claimed == ["o"] and not (tmp_path / "o").exists()
+    (tmp_path / "empty").mkdir()
+    rc, out, err = _run(["--source", path, "--scheme", "mlp_scale", "--out", str(tmp_path / "empty")],
+                        capsys)
+    assert rc == 2 and list((tmp_path / "empty").iterdir()) == []

@@ -12,19 +12,15 @@ import argparse
 import importlib
 import sys
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError, did_you_mean
 
 DEFAULT_MODULES = ("tasks.synthetic", "tasks.mixtures")
 OPTIONAL_MODULES = ("tasks.downstream",)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{message}; run 'synthpre inspect --help'")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synthpre inspect", description=__doc__.split("\n")[0])
+    p = errors.ArgumentParser(prog="synthpre inspect", description=__doc__.split("\n")[0])
     p.add_argument("name", help="a registered seqio task or mixture name")
     p.add_argument("--split", default="train")
     p.add_argument("--num", type=int, default=3)

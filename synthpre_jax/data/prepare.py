@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from synthpre_jax.data import downstream_formats as fmt
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError, did_you_mean
 
 RELEASE_BASE = "https://storage.googleapis.com/n2formal-public-data/synthetic_pretraining/finetuning_data"
@@ -60,13 +61,8 @@ TASKS = RELEASE_TASKS + ("code_translation", "cnndm_10k", "squad_v010_allanswers
 ALIASES = {"squad": "squad_v010_allanswers", "cnndm": "cnndm_10k", "cnn_dailymail": "cnndm_10k"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other bad input
-        raise UserError(f"{message}; see 'synthpre prepare-data --help'")
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = _Parser(prog="synthpre prepare-data", description=__doc__.split("\n\n")[0],
+    p = errors.ArgumentParser(prog="synthpre prepare-data", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="one of: " + ", ".join(TASKS))
     p.add_argument("--out", required=True, help="data directory (later DOWNSTREAM_DATA_DIR)")

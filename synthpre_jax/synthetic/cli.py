@@ -27,6 +27,7 @@ from typing import IO
 
 import numpy as np
 
+from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 from synthpre_jax.synthetic.base import generate_range, key_bytes
 from synthpre_jax.synthetic.codec import SPM_ENV_VAR, resolve_codec
@@ -37,13 +38,8 @@ from synthpre_jax.synthetic.rng import SPLIT_IDS
 CHUNK = 4096
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2 (via run_guarded)
-        raise UserError(f"{message}; run 'synthpre gen --help'")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synthpre gen", description=__doc__.split("\n")[0],
+    p = errors.ArgumentParser(prog="synthpre gen", description=__doc__.split("\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", nargs="?", help="task id, variant or alias (see --list)")
     p.add_argument("--num", type=int, default=10, help="number of examples (default 10)")
