@@ -82,6 +82,14 @@ def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `synthpre gen ... | head`: the reader has gone. Stop quietly, as `cat` does; point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe
 
 
 def _usage() -> str:

@@ -158,6 +158,46 @@ def plan(grid: dict, out_dir: Optional[str] = None) -> list[Run]:
     return runs
 
 
+def check_runs(runs: list[Run]) -> None:
+    """Parse every run's gin config as `synthpre train` will and resolve its task, before
+    anything is written or trained: a misspelled task or binding in the grid's last fine-tuning
+    run should fail now, not after an hour of pre-training."""
+    import gin
+
+    from synthpre_jax import gin_utils
+    from synthpre_jax import train as train_mod
+    from synthpre_jax.data import dataset
+
+    train_mod._register_configurables()
+    for run in runs:
+        argv = list(run.argv)
+        if run.source:  # the selected pre-training checkpoint is only known after pre-training
+            argv.append("--gin.INITIAL_CHECKPOINT_PATH='<selected>'")
+        gin.clear_config()
+        try:
+            args = train_mod.parse_args(argv)
+            gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+            dataset.import_task_modules(gin.query_parameter("%MIXTURE_OR_TASK_MODULE"))
+            dataset.get_task_or_mixture(gin.query_parameter("%MIXTURE_OR_TASK_NAME"))
+        except UserError as e:
+            raise UserError(f"grid run {run.name}: {str(e).splitlines()[0]}") from None
+        finally:
+            gin.clear_config()
+
+
+def _check_out_dir(out: str) -> None:
+    """The nearest existing ancestor of --out must be a directory (checked in --dry-run too)."""
+    probe = out
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"output directory {out} cannot be created: {probe} is not a directory; "
+                        "choose another --out")
+    if os.path.isdir(out) and os.path.exists(os.path.join(out, "training_eval")):
+        raise UserError(f"output directory {out} is a training run, not an experiment directory; "
+                        "choose another --out")
+
+
 def is_finished(run: Run) -> bool:
     return os.path.isdir(os.path.join(run.model_dir, f"checkpoint_{run.steps}")) and not any(
         n.startswith(f"checkpoint_{run.steps}.") for n in os.listdir(run.model_dir))
@@ -239,8 +279,14 @@ def main(argv: list[str]) -> int:
     grid = load_grid(args.grid)
     runs = plan(grid, args.out)
     out = os.path.abspath(args.out or grid.get("out_dir", "experiment_runs"))
+    _check_out_dir(out)
+    check_runs(runs)
     if not args.dry_run:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the output directory {out}: {e.strerror or e}; "
+                            "choose another --out") from None
         with open(os.path.join(out, "grid.json"), "w", encoding="utf-8") as f:
             json.dump(grid, f, indent=1)
     failures = run_grid(runs, dry_run=args.dry_run)

@@ -10,12 +10,13 @@ import inspect
 import logging
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import gin
 
-from synthpre_jax.errors import UserError
+from synthpre_jax.errors import UserError, did_you_mean
 
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin_configs"
 
@@ -94,11 +95,59 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
                 hint = "; string values need quotes, e.g. --gin.NAME=\"'value'\""
             why = re.sub(r"malformed node or string.*?>", "not a value gin can parse", _short(e))
             raise UserError(f"bad gin binding {b!r}: {why}{_gin_suggestion(str(e))}{hint}") from None
+    _check_macros_are_used(gin_bindings)
+
+
+_BINDING_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def referenced_macros() -> Optional[set[str]]:
+    """Names of the macros some parsed binding refers to (`%NAME`); None when gin's private
+    registry has changed shape (then nothing is checked)."""
+    found: set[str] = set()
+    config = getattr(gin.config, "_CONFIG", None)
+    if not isinstance(config, dict) or not hasattr(gin.config, "ConfigurableReference"):
+        return None
+
+    def walk(value: Any) -> None:
+        if isinstance(value, gin.config.ConfigurableReference):
+            if value.selector == "gin.macro":
+                found.add(value.scoped_selector.rsplit("/", 1)[0])
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple, set)):
+            for v in value:
+                walk(v)
+
+    for params in config.values():
+        walk(params)
+    return found
+
+
+def _check_macros_are_used(gin_bindings: Sequence[str]) -> None:
+    """gin accepts a macro nothing refers to, so `--gin.DROPOUT_RAT=0.0` would be dropped without
+    a word. A command-line macro close to a used one is a misspelling (error); any other unused
+    one gets a warning (a wrapper script may pass the same macros to several configs)."""
+    set_here = [m.group(1) for b in gin_bindings for line in b.splitlines()
+                if (m := _BINDING_NAME.match(line))]
+    if not set_here:
+        return
+    used = referenced_macros()
+    if used is None:
+        return
+    for name in dict.fromkeys(set_here):
+        if name in used:
+            continue
+        hint = did_you_mean(name, used)
+        if hint:
+            raise UserError(f"gin macro {name} is set but no binding uses it{hint}")
+        print(f"warning: gin macro {name} is set but no binding of this config uses it",
+              file=sys.stderr)
 
 
 def _gin_suggestion(text: str) -> str:
     """' (did you mean ...?)' for gin's unknown-configurable and unknown-parameter errors."""
-    from synthpre_jax.errors import did_you_mean
     try:  # gin's registry is private API: when it changes, there is simply no suggestion
         registry = gin.config._REGISTRY
         m = re.search(r"No configurable matching '([^']+)'", text)

@@ -77,3 +77,34 @@ def test_resume_skips_finished_runs(tmp_path, capsys):
     capsys.readouterr()
     assert experiment.run_grid(runs) == 0
     assert capsys.readouterr().out.count("finished, skipped") == 3
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_misspelled_task_fails_before_anything_is_written(tmp_path, dry_run):
+    g = _grid(tmp_path)
+    g["finetune"]["tasks"][0]["task"] = "toy_cpy"  # the last runs of the grid
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(g))
+    with pytest.raises(UserError, match=r"grid run finetune/copy/random/seed0: unknown task or mixture "
+                                        r"'toy_cpy' \(did you mean 'toy_copy'"):
+        experiment.main(["--grid", str(p)] + (["--dry-run"] if dry_run else []))
+    assert not (tmp_path / "out").exists()
+
+
+def test_misspelled_macro_in_grid_bindings_fails_first(tmp_path):
+    g = _grid(tmp_path)
+    g["finetune"]["tasks"][0]["bindings"].append("DROPOUT_RAT = 0.0")
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(g))
+    with pytest.raises(UserError, match=r"finetune/copy/random/seed0: gin macro DROPOUT_RAT"):
+        experiment.main(["--grid", str(p)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_under_a_file_is_refused_in_dry_run_too(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(_grid(tmp_path)))
+    (tmp_path / "file").write_text("")
+    for extra in ([], ["--dry-run"]):
+        with pytest.raises(UserError, match="cannot be created: .*file is not a directory"):
+            experiment.main(["--grid", str(p), "--out", str(tmp_path / "file" / "out")] + extra)

@@ -230,6 +230,8 @@ CASES = {
                                r"unknown InitConfig\.mode 'laod' \(did you mean 'load'"),
     "gin: no optimizer": ("gin", lambda c: c.argv("--gin.models.EncoderDecoderModel.optimizer_def=None"),
                           r"the model has no optimizer: bind EncoderDecoderModel\.optimizer_def"),
+    "gin: misspelled macro": ("gin", lambda c: c.argv("--gin.DROPOUT_RAT=0.0"),
+                              r"gin macro DROPOUT_RAT is set but no binding uses it \(did you mean 'DROPOUT_RATE'"),
     "gin: syntax error in a gin file": ("gin", lambda c: c.argv(f"--gin_file={c.file('bad.gin', 'TRAIN_STEPS = = 3')}"),
                                         r"in gin file: .*bad\.gin"),
     "gin: unknown configurable in a gin file": ("gin", lambda c: c.argv(
@@ -373,3 +375,20 @@ def test_bad_input_on_8_devices(name, eight_device_results):
 def test_the_matrix_is_large_enough():
     kinds = [k for k, _, _ in CASES.values()] + ["gin"] * len(EIGHT_DEVICE_CASES)
     assert len(kinds) >= 40 and {"cli", "gin", "api"} == set(kinds)
+
+
+def test_unused_macro_far_from_any_used_one_only_warns(capfd):
+    from synthpre_jax import gin_utils, train
+    train._register_configurables()
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(["models/t5_tiny.gin", "runs/pretrain.gin"],
+                            ["TRAIN_STEPS = 3", "MY_WRAPPER_SETTING = 1", "B = %ANOTHER_MACRO"])
+        used = gin_utils.referenced_macros()
+    finally:
+        gin.clear_config()
+    err = capfd.readouterr().err
+    assert {"TRAIN_STEPS", "DROPOUT_RATE", "MODEL_DIR", "ANOTHER_MACRO"} <= used
+    assert "MY_WRAPPER_SETTING" not in used and "B" not in used
+    assert "warning: gin macro MY_WRAPPER_SETTING is set but no binding of this config uses it" in err
+    assert "warning: gin macro B is set" in err and "TRAIN_STEPS" not in err

@@ -162,3 +162,15 @@ def test_fallback_decoding_in_text_output():
     # yes/no and the prefixes keep the authors' ids, so they decode under the fallback too
     c = FallbackCodec()
     assert c.decode([960, 32099]) == "search <extra_id_0>" and c.decode([4273]) == "yes"
+
+
+def test_gen_into_a_closed_pipe_stops_quietly():
+    """`synthpre gen ... | head -1`: no BrokenPipeError traceback, exit 141 like `cat`."""
+    env = dict(os.environ, SYNTHPRE_SPM_PATH="/nonexistent/x.model")
+    proc = subprocess.Popen([sys.executable, "-m", "synthpre_jax.cli", "gen", "set", "--num", "200000"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith(b'{"index": 0') and "Traceback" not in err and "BrokenPipe" not in err
