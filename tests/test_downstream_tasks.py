@@ -274,7 +274,13 @@ def test_prepare_data_without_network_is_one_line(tmp_path):
         assert r.returncode == 2, r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and url in lines[0] and "Traceback" not in r.stderr
-    assert not (tmp_path / "o" / "mtop").exists() and not (tmp_path / "o" / "mtop.partial").exists()
+    assert not (tmp_path / "o").exists()  # created for the attempt, empty: removed again
+    # a bad --indices file fails before any network access
+    r = subprocess.run([sys.executable, "-m", "synthpre_jax.data.prepare", "cnndm_10k", "--out",
+                        str(tmp_path / "o"), "--indices", str(tmp_path / "none.txt")],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "indices file" in r.stderr and "cannot reach" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_prepare_data_from_a_mirror_verifies_counts(tmp_path, capsys):

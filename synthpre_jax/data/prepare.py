@@ -212,22 +212,31 @@ def main(argv: Sequence[str]) -> int:
     if task not in TASKS:
         raise UserError(f"unknown task {args.task!r}{did_you_mean(args.task, TASKS)}; "
                         f"choose one of {', '.join(TASKS)}")
+    if args.indices and task != "cnndm_10k":
+        raise UserError("--indices applies to cnndm_10k only")
+    if args.indices:
+        fmt.read_indices_file(args.indices)  # a bad file fails now, not after the download
+    if args.source and task in TFDS_NAMES:
+        raise UserError(f"--source does not apply to {task}: TFDS downloads it (for a local copy, "
+                        "see TFDS's manual download directory)")
     out = Path(os.path.expanduser(args.out))
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {out} ({e.strerror}); choose a writable directory") from None
-    if args.indices and task != "cnndm_10k":
-        raise UserError("--indices applies to cnndm_10k only")
-    if args.source and task in TFDS_NAMES:
-        raise UserError(f"--source does not apply to {task}: TFDS downloads it (for a local copy, "
-                        "see TFDS's manual download directory)")
-    if task in SCAN_TASKS:
-        report = prepare_scan(task, out)
-    elif task in TFDS_NAMES:
-        report = prepare_tfds_task(task, out, args.timeout, args.skip_count_check, args.indices, args.seed)
-    else:
-        report = prepare_file_task(task, out, args.source, args.timeout, args.skip_count_check)
+    try:
+        if task in SCAN_TASKS:
+            report = prepare_scan(task, out)
+        elif task in TFDS_NAMES:
+            report = prepare_tfds_task(task, out, args.timeout, args.skip_count_check, args.indices,
+                                       args.seed)
+        else:
+            report = prepare_file_task(task, out, args.source, args.timeout, args.skip_count_check)
+    except BaseException:
+        if created and not any(files for _, _, files in os.walk(out)):
+            shutil.rmtree(out, ignore_errors=True)  # ours and empty: leave no trace of the attempt
+        raise
     for line in report:
         print(line)
     hint = "" if task in SCAN_TASKS else f" (use --gin.DOWNSTREAM_DATA_DIR=\"'{out}'\")"

@@ -30,9 +30,10 @@ import numpy as np
 from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 from synthpre_jax.synthetic.base import generate_range, key_bytes
-from synthpre_jax.synthetic.codec import SPM_ENV_VAR, resolve_codec
+from synthpre_jax.synthetic.codec import SPM_ENV_VAR, SentencePieceCodec, resolve_codec
 from synthpre_jax.synthetic.ragged import take_rows
-from synthpre_jax.synthetic.registry import ALIASES, check_name, make_task, task_names
+from synthpre_jax.synthetic.registry import (ALIASES, check_name, check_settings, make_task,
+                                             task_names)
 from synthpre_jax.synthetic.rng import SPLIT_IDS
 
 CHUNK = 4096
@@ -154,6 +155,23 @@ def _write(out: IO[str], task, args, codec, progress: bool) -> None:
         print(f"{kept} of {done} examples kept (--dedup)", file=sys.stderr)
 
 
+def _explicit_codec(path: str) -> SentencePieceCodec:
+    """A model the user named with --spm_path must load: falling back to another vocabulary
+    (as for the default path) would silently give ids they did not ask for."""
+    if "://" in path:
+        raise UserError(f"--spm_path {path}: 'synthpre gen' reads local files only; copy the model "
+                        "to this machine and pass its path")
+    try:
+        with open(path, "rb") as f:
+            return SentencePieceCodec.from_bytes(f.read())
+    except OSError as e:
+        raise UserError(f"--spm_path {path}: {e.strerror or e}; give a local SentencePiece "
+                        ".model file") from None
+    except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError and others
+        raise UserError(f"--spm_path {path} is not a SentencePiece model "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.list:
@@ -166,11 +184,12 @@ def main(argv: list[str]) -> int:
         raise UserError("--num and --start must be >= 0")
     name = check_name(args.task)  # before the vocabulary, so a bad name is the only output
     settings = _settings(args)
+    check_settings(name, settings)
     if args.output is not None:  # before the vocabulary, whose warning would come first
         parent = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(parent):
             raise UserError(f"cannot write {args.output}: {parent} is not a directory")
-    codec = resolve_codec(args.spm_path)
+    codec = _explicit_codec(args.spm_path) if args.spm_path else resolve_codec()
     task = _build(name, codec, settings)
     if args.output is None:
         _write(sys.stdout, task, args, codec, progress=False)

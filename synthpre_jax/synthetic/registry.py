@@ -15,10 +15,12 @@ The authors' internal names (`copy`, `first_char`, ...) are accepted as aliases.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import numpy as np
 
+from synthpre_jax.errors import UserError, did_you_mean
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.codec import Codec, FallbackCodec
 from synthpre_jax.synthetic.lime import LIME_MODES, LimeTask
@@ -84,6 +86,34 @@ def _factory(base: str) -> Callable[..., SyntheticTask]:
     raise KeyError(base)
 
 
+def _constructor(base: str) -> Callable[..., SyntheticTask]:
+    if base in SIMPLE_TASK_IDS:
+        return SimpleTask
+    if base in LIME_MODES or base == "lime":  # the mixture passes its settings to each mode
+        return LimeTask
+    return {"nonsense_summary": NonsenseSummaryTask,
+            "nesting_language": NestingLanguageTask}[base]
+
+
+def settings_of(name: str) -> list[str]:
+    """The settings (constructor keywords) task `name` takes, e.g. for `gen --config`."""
+    canon = check_name(name)
+    base = VARIANTS[canon][0] if canon in VARIANTS else canon
+    params = inspect.signature(_constructor(base).__init__).parameters
+    return [p for p in params if p not in ("self", "task_id", "mode", "codec")
+            and params[p].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                   inspect.Parameter.KEYWORD_ONLY)]
+
+
+def check_settings(name: str, settings: dict) -> None:
+    """`UserError` naming the valid settings when `settings` has a key task `name` lacks."""
+    valid = settings_of(name)
+    for key in settings:
+        if key not in valid:
+            raise UserError(f"task {check_name(name)} has no setting {key!r}{did_you_mean(key, valid)}; "
+                            f"its settings: {', '.join(valid)}")
+
+
 def task_names() -> list[str]:
     """Every name `make_task` accepts (aliases excluded)."""
     return list(BASE_TASK_IDS) + ["lime"] + list(VARIANTS)
@@ -98,7 +128,6 @@ def check_name(name: str) -> str:
     canon = canonical_name(name)
     if canon in VARIANTS or canon in BASE_TASK_IDS or canon == "lime":
         return canon
-    from synthpre_jax.errors import UserError, did_you_mean
 
     raise UserError(f"unknown synthetic task {name!r}"
                     f"{did_you_mean(name, task_names() + list(ALIASES))}; "
@@ -111,6 +140,7 @@ def make_task(name: str, codec: Optional[Codec] = None, **overrides) -> Syntheti
     Unknown names raise `UserError` with suggestions.
     """
     name = check_name(name)
+    check_settings(name, overrides)
     if name in VARIANTS:
         base, cfg = VARIANTS[name]
         cfg = {**cfg, **overrides}

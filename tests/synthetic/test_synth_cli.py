@@ -75,11 +75,14 @@ def test_gen_output_file_is_complete(tmp_path, capsys):
     (["gen"], "missing TASK"),
     (["gen", "search", "--length_range", "50,50"], "too small for search"),
     (["gen", "identity", "--length_range", "10"], "--length_range must be LO,HI"),
-    (["gen", "nesting_language", "--num_tokens", "5"], "does not take these settings"),
+    (["gen", "nesting_language", "--num_tokens", "5"], "task nesting_language has no setting 'num_tokens'"),
     (["gen", "union", "--config", "order=sorted"], "order must be one of"),
     (["gen", "union", "--config", "order"], "--config takes KEY=VALUE"),
     (["gen", "induct", "--config", "max_length=60"], "draws fit max_length=60"),
     (["gen", "set", "--output", "/nonexistent_dir/x.txt"], "/nonexistent_dir is not a directory"),
+    (["gen", "length", "--spm_path", "/nonexistent_dir/x.model"], "--spm_path /nonexistent_dir/x.model: No such file"),
+    (["gen", "length", "--spm_path", __file__], "is not a SentencePiece model"),
+    (["gen", "union", "--config", "ordr=sorted"], "has no setting 'ordr' (did you mean 'order'?); its settings: length_range"),
 ])
 def test_gen_bad_input_is_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
