@@ -334,8 +334,9 @@ class InferenceEvaluator:
         scored = [(t, s) for t, s in with_split if t.metric_fns or getattr(t, "metric_objs", None)]
         if not scored:
             raise UserError(f"task {name!r} has no metric_fns, so inference eval has nothing to compute; "
-                            "register the task with metric_fns, or turn inference eval off with "
-                            "--gin.train.infer_eval_dataset_cfg=None")
+                            "register the task with metric_fns or choose a task that has them "
+                            "(while training, --gin.train.infer_eval_dataset_cfg=None turns "
+                            "inference eval off)")
         for t, _ in with_split:
             if not any(t is u for u, _ in scored):
                 log.info("inference eval skips task %s: it has no metric_fns", t.name)

@@ -80,12 +80,17 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
         if found is None:
             raise UserError(f"gin file {f!r} not found (searched the working directory and "
                             f"{', '.join(default_search_paths() + _search_paths(search_paths)) or 'no search paths'})")
+        if os.path.isdir(found):
+            raise UserError(f"gin file {f!r} is a directory ({found}); give a .gin file")
         files.append(found)
-    try:
-        for f in files:
+    for f in files:
+        try:
             gin.parse_config_file(f)
-    except Exception as e:  # gin raises many types; all are configuration mistakes here
-        raise UserError(f"in gin file: {_short(e)}{_gin_suggestion(str(e))}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"gin file {f} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                            "save it as UTF-8") from None
+        except Exception as e:  # gin raises many types; all are configuration mistakes here
+            raise UserError(f"in gin file {f}: {_short(e)}{_gin_suggestion(str(e))}") from None
     for b in gin_bindings:
         try:
             gin.parse_config(b)

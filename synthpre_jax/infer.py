@@ -84,6 +84,9 @@ def _encode_lines(lines: list[str], feature: Any, length: int) -> np.ndarray:
 
 def _read_lines(input_file: str) -> list[str]:
     path = os.path.expanduser(str(input_file))
+    if os.path.isdir(path):
+        raise UserError(f"input file {input_file} is a directory; give a text file with one input "
+                        "per line (INPUT_FILE)")
     if not os.path.isfile(path):
         raise UserError(f"input file {input_file} does not exist; check INPUT_FILE")
     try:

@@ -49,9 +49,9 @@ class Ctx:
         shutil.copytree(self.trained, self.model_dir)
         return self
 
-    def file(self, name, text):
+    def file(self, name, text, encoding="utf-8"):
         p = self.tmp / name
-        p.write_text(text)
+        p.write_text(text, encoding=encoding)
         return str(p)
 
 
@@ -232,11 +232,15 @@ CASES = {
                           r"the model has no optimizer: bind EncoderDecoderModel\.optimizer_def"),
     "gin: misspelled macro": ("gin", lambda c: c.argv("--gin.DROPOUT_RAT=0.0"),
                               r"gin macro DROPOUT_RAT is set but no binding uses it \(did you mean 'DROPOUT_RATE'"),
+    "gin: gin file not UTF-8": ("gin", lambda c: c.argv("--gin_file=" + c.file("latin1.gin", "TRAIN_STEPS = 3  # d\u00e9j\u00e0", "latin-1")),
+                                r"gin file \S*latin1\.gin is not UTF-8 text .*save it as UTF-8"),
+    "gin: gin file is a directory": ("gin", lambda c: c.argv("--gin_file=models"),
+                                     r"gin file 'models' is a directory"),
     "gin: syntax error in a gin file": ("gin", lambda c: c.argv(f"--gin_file={c.file('bad.gin', 'TRAIN_STEPS = = 3')}"),
-                                        r"in gin file: .*bad\.gin"),
+                                        r"in gin file \S*bad\.gin: .*bad\.gin"),
     "gin: unknown configurable in a gin file": ("gin", lambda c: c.argv(
         f"--gin_file={c.file('bad2.gin', 'network.T5Confg.emb_dim = 3')}"),
-        r"in gin file: No configurable matching 'network\.T5Confg'.*did you mean 'network\.T5Config'"),
+        r"in gin file \S*bad2\.gin: No configurable matching 'network\.T5Confg'.*did you mean 'network\.T5Config'"),
     # --- Python API
     "api: train() with zero steps": ("api", lambda c: _api_train(c, total_steps=0), r"TRAIN_STEPS must be a positive"),
     "api: train() without model_dir": ("api", lambda c: _api_train(c, model_dir=""), r"MODEL_DIR is not set"),

@@ -87,3 +87,5 @@ def test_a_non_utf8_input_file_is_a_user_error(tmp_path):
     bad.write_bytes(b"caf\xe9 au lait\n")
     with pytest.raises(UserError, match="not UTF-8 text"):
         _read_lines(str(bad))
+    with pytest.raises(UserError, match="is a directory; give a text file"):
+        _read_lines(str(tmp_path))
