@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent(r'''
         d = tempfile.mkdtemp()
         extra = ["--gin.train.stats_period=1", "--gin.EVAL_PERIOD=1000", "--gin.EVAL_STEPS=1",
                  "--gin.CHECKPOINT_PERIOD=1000", "--gin.DROPOUT_RATE=0.1",
-                 "--gin.train.train_eval_dataset_cfg=None",  # no eval: only the losses are compared, f"--gin.NUM_MICROBATCHES={micro}",
+                 "--gin.train.train_eval_dataset_cfg=None",  # no eval: only the losses are compared
+                 f"--gin.NUM_MICROBATCHES={micro}",
                  # widths divisible by the model axis so every partitioned dim really is split
                  "--gin.network.T5Config.num_heads=4", "--gin.network.T5Config.head_dim=8"]
         args = T.parse_args(tiny_train_argv(d, 6, batch=16, extra=extra))
@@ -39,6 +40,7 @@ SCRIPT = textwrap.dedent(r'''
             "wi_spec": str(wi.sharding.spec), "q_spec": str(q.sharding.spec), "emb_spec": str(emb.sharding.spec),
             "wi_shard_shape": list(wi.addressable_shards[0].data.shape), "wi_shape": list(wi.shape),
             "n_devices": len(wi.sharding.device_set),
+            "microbatches": gin.query_parameter("%NUM_MICROBATCHES"),
         }
     print("RESULT" + json.dumps(out))
 ''')
@@ -50,6 +52,8 @@ def test_sharded_equals_single_device():
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     # microbatches draw their own dropout masks, so they are compared with 1 device + microbatches
+    assert {k: r["microbatches"] for k, r in out.items()} == {
+        "1x1x1": 1, "2x4x1": 1, "1x1x2": 2, "4x2x2": 2}  # the configurations really differ
     for key, ref_key in (("2x4x1", "1x1x1"), ("4x2x2", "1x1x2")):
         ref = out[ref_key]["losses"]
         assert len(ref) == 6 and len(out[key]["losses"]) == 6
