@@ -177,12 +177,24 @@ def check_runs(runs: list[Run]) -> None:
         try:
             args = train_mod.parse_args(argv)
             gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-            dataset.import_task_modules(gin.query_parameter("%MIXTURE_OR_TASK_MODULE"))
-            dataset.get_task_or_mixture(gin.query_parameter("%MIXTURE_OR_TASK_NAME"))
+            dataset.import_task_modules(_macro("MIXTURE_OR_TASK_MODULE"))
+            name = _macro("MIXTURE_OR_TASK_NAME")
+            if isinstance(name, str):  # a run gin of the user's may route the task differently
+                dataset.get_task_or_mixture(name)
         except UserError as e:
             raise UserError(f"grid run {run.name}: {str(e).splitlines()[0]}") from None
         finally:
             gin.clear_config()
+
+
+def _macro(name: str) -> Any:
+    """A gin macro's value, or None where the run's gin files do not define it."""
+    import gin
+
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
 
 
 def _check_out_dir(out: str) -> None:
