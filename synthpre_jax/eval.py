@@ -28,6 +28,7 @@ import numpy as np
 from synthpre_jax import gin_utils
 from synthpre_jax import errors
 from synthpre_jax.errors import UserError
+from synthpre_jax.paths import make_writable_dir
 
 if __name__ == "__main__":  # `python -m synthpre_jax.eval`: run the package module so that
     # gin registers its configurables once (not also under '__main__')
@@ -124,11 +125,7 @@ def _check_output_dir(output_dir: Optional[str]) -> str:
 
 def _make_output_dir(output_dir: str, what: str) -> None:
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        make_writable_dir(output_dir)
     except OSError as e:
         raise UserError(f"{what} {output_dir!r} is not writable ({e.strerror}); choose another directory") from None
 

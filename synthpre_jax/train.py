@@ -31,6 +31,7 @@ import numpy as np
 from synthpre_jax import gin_utils
 from synthpre_jax import errors
 from synthpre_jax.errors import UserError
+from synthpre_jax.paths import make_writable_dir
 
 
 # Exit code after a SIGTERM-triggered checkpoint (128 + SIGTERM), so wrappers such as the
@@ -104,11 +105,7 @@ def _check_model_dir(model_dir: str) -> None:
         missing.append(d)
         d = os.path.dirname(d)
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        make_writable_dir(model_dir)
     except OSError as e:
         raise UserError(f"MODEL_DIR {model_dir!r} is not writable ({e.strerror}); choose another directory") from None
     finally:

@@ -28,6 +28,7 @@ import numpy as np
 
 from synthpre_jax import errors
 from synthpre_jax.errors import UserError
+from synthpre_jax.paths import make_writable_dir
 from synthpre_jax.weight_stats_groups import (KEEP_FRESH, SCHEMES, resolve_scheme,
                                               transformable_names)
 
@@ -180,11 +181,7 @@ def _claimed_out(out: str) -> Iterator[None]:
     created, so a failed run leaves no half-written checkpoint behind."""
     existed = os.path.isdir(out)
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        make_writable_dir(out)
     except OSError as e:
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
