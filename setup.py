@@ -50,7 +50,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["synthpre_jax", "synthpre_jax.*", "tasks", "tasks.*"]),
-    package_data={"synthpre_jax": ["data/assets/*.model", "data/assets/*.json"]},
+    package_data={"synthpre_jax": ["data/assets/*.model", "data/assets/*.json", "native/*.c"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["synthpre=synthpre_jax.cli:main"]},

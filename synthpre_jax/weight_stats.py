@@ -34,7 +34,7 @@ from jax import lax
 import numpy as np
 from flax import traverse_util
 
-from synthpre_jax import counter_rng
+from synthpre_jax import counter_rng, weight_stats_native
 from synthpre_jax.errors import UserError
 from synthpre_jax.weight_stats_groups import (KEEP_FRESH, TABLE3_PRE_ATTN_LN_RES, Group, Scheme,
                                               SchemeLike, natural_sorted, resolve_scheme,
@@ -216,6 +216,14 @@ def _tensor_squared_deviation_parts(x: jax.Array, mu: jax.Array, hi: jax.Array, 
     return m, k, _grid_sum(jnp.square(d), jnp.int32(0), bits)
 
 
+def _native_sum_parts(x: Any, *, bits: int) -> tuple:
+    return weight_stats_native.tensor_sum_parts(x, bits)
+
+
+def _native_squared_deviation_parts(x: Any, mu: Any, hi: Any, lo: Any, *, bits: int) -> tuple:
+    return weight_stats_native.squared_deviation_parts(x, mu, hi, lo, bits)
+
+
 def _exact_sums(fn: Any, calls: Sequence[tuple], bits: Sequence[int], names: Sequence[str],
                 squared: bool = False) -> tuple[np.ndarray, list]:
     """Each tensor's exact sum (of x, or of squared deviations) in float64, and every
@@ -253,15 +261,21 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
     """
     tensors = tuple(tensors)
     names = list(names) if names is not None else [f"#{i}" for i in range(len(tensors))]
+    members = [i for g in groups for i in g]
+    if len(members) != len(set(members)):
+        raise ValueError("group_statistics: a tensor is in more than one group")
     counts = [math.prod(np.shape(x)) for x in tensors]
     bits = [_fixed_bits(n) for n in counts]
-    sums, hi_lo = _exact_sums(_tensor_sum_parts, [(x,) for x in tensors], bits, names)
+    native = weight_stats_native.usable(tensors)
+    first, second = ((_native_sum_parts, _native_squared_deviation_parts) if native else
+                     (_tensor_sum_parts, _tensor_squared_deviation_parts))
+    sums, hi_lo = _exact_sums(first, [(x,) for x in tensors], bits, names)
     size = [sum(counts[i] for i in g) for g in groups]
     mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
     tensor_mu = np.zeros(len(tensors), np.float32)
     for g, mu in zip(groups, mus):
         tensor_mu[list(g)] = mu
-    sq, _ = _exact_sums(_tensor_squared_deviation_parts,
+    sq, _ = _exact_sums(second,
                         [(x, tensor_mu[i], *hi_lo[i]) for i, x in enumerate(tensors)], bits,
                         names, squared=True)
     sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
@@ -325,6 +339,13 @@ def _sampler(rule: str, dtype: str, sharding: Any, donate: bool):
     return run
 
 
+def _host_key_words(keys: np.ndarray) -> np.ndarray:
+    """`counter_rng.key_words` of every tensor's key data, on the host: [n, 2] uint32."""
+    k = keys.reshape(len(keys), -1).astype(np.uint32)
+    return np.stack([np.bitwise_xor.reduce(k[:, 0::2], axis=1),
+                     np.bitwise_xor.reduce(k[:, 1::2], axis=1)], axis=1)
+
+
 def _rule(scheme: Scheme, group: Group) -> str:
     if scheme.statistic == "mean_std":
         return "N(mu,sigma)"
@@ -352,6 +373,7 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
     key_data, impl = _key_data(rng)
     words = np.array([_path_words(p) for p in order], dtype=np.uint32)
     keys = _keys_program(impl, default)(key_data, words)
+    host_words = None
     result = dict(fresh_flat)
     for j, (g, rule) in enumerate(zip(groups, rules)):
         for p in g.paths:
@@ -359,6 +381,16 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
             on_device = isinstance(like, jax.Array)
             sharding = like.sharding if on_device else default
             donate = donate_fresh and on_device
+            if rule != "const(mu)" and weight_stats_native.can_draw(like.dtype, sharding):
+                if host_words is None:
+                    host_words = _host_key_words(np.asarray(keys))
+                k0, k1 = host_words[index[p]]
+                shape = tuple(np.shape(like))
+                if donate:  # as the XLA path's donation would; first, so that the allocator
+                    like.delete()  # can hand its memory (already mapped) to the new tensor
+                result[p] = weight_stats_native.draw(shape, sharding, int(k0), int(k1), rule,
+                                                     mus[j], sigmas[j])
+                continue
             sample = _sampler(rule, str(np.dtype(like.dtype)), sharding, donate)
             args = (keys, np.int32(index[p]), np.float32(mus[j]), np.float32(sigmas[j]))
             result[p] = sample(*args, *((like,) if donate else ()), shape=tuple(np.shape(like)))

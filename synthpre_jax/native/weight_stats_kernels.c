@@ -1,0 +1,151 @@
+/* CPU kernels of the weight-statistics transform (synthpre_jax/weight_stats_native.py).
+ *
+ * The statistics kernels reproduce the XLA programs of weight_stats.py operation for
+ * operation in IEEE float32 (no contraction into FMAs: build with -ffp-contract=off), and their
+ * sums are of integers below 2**53 in double, so they are exact: any split of the work gives
+ * the XLA result bit for bit. The draw kernel computes the same hash bits as counter_rng and
+ * the same inverse CDF with its own log, so draws agree with XLA's to a few float32 ulps.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* max(x), min(x) and whether any element is not finite. Compared as integers (the sign-
+ * magnitude bits mapped to a monotone int32 order) so that the loop vectorises; -0 orders
+ * below +0, which changes nothing downstream (only |max| and |min| are used). */
+void ws_minmax_f32(const float *x, int64_t n, float *hi_lo_bad) {
+    const int32_t *b = (const int32_t *)x;
+    int32_t hi = INT32_MIN, lo = INT32_MAX, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t v = b[i];
+        bad |= (v & 0x7f800000) == 0x7f800000;
+        int32_t k = v ^ ((v >> 31) & 0x7fffffff);
+        hi = k > hi ? k : hi;
+        lo = k < lo ? k : lo;
+    }
+    hi ^= (hi >> 31) & 0x7fffffff;
+    lo ^= (lo >> 31) & 0x7fffffff;
+    memcpy(&hi_lo_bad[0], &hi, 4);
+    memcpy(&hi_lo_bad[1], &lo, 4);
+    hi_lo_bad[2] = (float)bad;
+}
+
+/* sum of rint(x * scale): integers of magnitude <= 2**29 (the caller's grid), accumulated
+ * in int64 (exact for any n) and returned as double (exact: the caller keeps n * 2**29 <=
+ * 2**53). */
+double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < n; i++) s += (int32_t)rintf(x[i] * scale);
+    return (double)s;
+}
+
+/* sum of rint(((x - mu) * kscale)**2 * scale) (see _tensor_squared_deviation_parts). */
+double ws_sqdev_sum_f32(const float *x, int64_t n, float mu, float kscale, float scale) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float d = (x[i] - mu) * kscale;
+        s += (int32_t)rintf((d * d) * scale);
+    }
+    return (double)s;
+}
+
+/* ---- draws ---------------------------------------------------------------------------- */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x21F0AAADu;
+    x ^= x >> 15;
+    x *= 0xD35A2D97u;
+    return x ^ (x >> 15);
+}
+
+/* natural log of a positive normal float32 (Cephes-style: m in [sqrt(1/2), sqrt(2)), degree-8
+ * polynomial), branch-free so the loop vectorises. */
+static inline float log_pos(float v) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    int32_t e = (int32_t)((b >> 23) & 0xff) - 126;   /* v = m * 2**e, m in [0.5, 1) */
+    b = (b & 0x007fffffu) | 0x3f000000u;
+    float m;
+    memcpy(&m, &b, 4);
+    int small = m < 0.70710678f;
+    e -= small;
+    m = small ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    float fe = (float)e;
+    y += -2.12194440e-4f * fe;
+    y += -0.5f * z;
+    return m + y + 0.693359375f * fe;
+}
+
+static inline float erfinv_tail(float w, float x) {
+    float s = sqrtf(w) - 3.0f;
+    float p = -0.000200214257f;
+    p = fmaf(p, s, 0.000100950558f);
+    p = fmaf(p, s, 0.00134934322f);
+    p = fmaf(p, s, -0.00367342844f);
+    p = fmaf(p, s, 0.00573950773f);
+    p = fmaf(p, s, -0.0076224613f);
+    p = fmaf(p, s, 0.00943887047f);
+    p = fmaf(p, s, 1.00167406f);
+    p = fmaf(p, s, 2.83297682f);
+    return p * x;
+}
+
+#define BLOCK 64
+
+/* out[r * rowlen + j] = rule(z(base[r] + j)), z the counter_rng normal of flat index i.
+ * rule 0: sigma * z; rule 1: mu + sigma * z. Blocks of BLOCK elements: the central branch of
+ * erfinv for all (one vectorised loop), then the tail branch (w >= 5, 0.34% of the draws) for
+ * the few elements that need it. */
+void ws_draw_f32(float *out, const int64_t *base, int64_t nrows, int64_t rowlen, uint32_t k0,
+                 uint32_t k1, int rule, float mu, float sigma) {
+    const float sqrt2 = 1.41421356237309515f;
+    const float mu_eff = rule ? mu : 0.0f;
+    const float scale = sqrt2 * sigma;
+    float xs[BLOCK], ws[BLOCK];
+    for (int64_t r = 0; r < nrows; r++) {
+        float *o = out + r * rowlen;
+        uint32_t b0 = (uint32_t)base[r];
+        for (int64_t j0 = 0; j0 < rowlen; j0 += BLOCK) {
+            int64_t m = rowlen - j0 < BLOCK ? rowlen - j0 : BLOCK;
+            int tail = 0;
+            /* three short loops over the block (it stays in L1) rather than one long one: the
+             * fused loop runs out of the 16 vector registers and spills (3.2 ns per element
+             * against ~1.2 split, one core) */
+            for (int64_t j = 0; j < m; j++) {
+                uint32_t bits = mix32(mix32((b0 + (uint32_t)(j0 + j)) ^ k0) + k1);
+                int32_t top = (int32_t)(bits >> 8);
+                xs[j] = (float)(top * 2 - 16777215) * 5.9604644775390625e-8f;
+            }
+            for (int64_t j = 0; j < m; j++)
+                ws[j] = -log_pos((1.0f - xs[j]) * (1.0f + xs[j]));
+            for (int64_t j = 0; j < m; j++) {
+                float x = xs[j], w = ws[j];
+                float t = w - 2.5f;
+                /* Giles' central polynomial (a0 t^8 + ... + a8) in Estrin's form */
+                float t2 = t * t, t4 = t2 * t2;
+                float low = fmaf(fmaf(-0.00125372503f, t, -0.00417768164f), t2,
+                                 fmaf(0.246640727f, t, 1.50140941f));
+                float mid = fmaf(fmaf(3.43273939e-07f, t, -3.5233877e-06f), t2,
+                                 fmaf(-4.39150654e-06f, t, 0.00021858087f));
+                float c = fmaf(fmaf(2.81022636e-08f, t4, mid), t4, low);
+                tail |= w >= 5.0f;
+                o[j0 + j] = fmaf(scale, c * x, mu_eff);
+            }
+            if (tail) {
+                for (int64_t j = 0; j < m; j++)
+                    if (ws[j] >= 5.0f) o[j0 + j] = fmaf(scale, erfinv_tail(ws[j], xs[j]), mu_eff);
+            }
+        }
+    }
+}

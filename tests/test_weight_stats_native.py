@@ -1,0 +1,109 @@
+"""The compiled CPU kernels of the weight-statistics transform against its XLA programs:
+statistics bit for bit, draws to float32 rounding, every shard layout, and the fallback when
+no compiler is there."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from test_weight_stats import flat, make_trees
+from synthpre_jax import counter_rng, weight_stats as ws, weight_stats_native as wn
+
+needs_kernels = pytest.mark.skipif(wn.library() is None,
+                                   reason="no C compiler here: the transform uses its XLA programs")
+
+
+def _tensors():
+    rng = np.random.default_rng(5)
+    return [rng.standard_normal((300, 700)).astype(np.float32) * 0.05 + 0.01,
+            rng.standard_normal((513,)).astype(np.float32) * 30,
+            (rng.standard_normal((64, 33)) * 1e-20).astype(np.float32),  # tiny: deep exponents
+            np.zeros((7,), np.float32),
+            np.full((3, 3), -2.5, np.float32),
+            (rng.standard_normal((2, 3, 1000)) * 3e4).astype(np.float32)]
+
+
+@needs_kernels
+def test_statistics_are_bit_identical_to_the_xla_programs(monkeypatch):
+    tensors = [jax.device_put(x) for x in _tensors()]
+    groups = [[0], [1, 2], [3], [4], [5]]
+    assert wn.usable(tensors)
+    native = ws.group_statistics(tensors, groups)
+    monkeypatch.setattr(wn, "library", lambda: None)
+    assert not wn.usable(tensors)
+    xla = ws.group_statistics(tensors, groups)
+    np.testing.assert_array_equal(native[0], xla[0])
+    np.testing.assert_array_equal(native[1], xla[1])
+    # and both against float64 NumPy
+    for g, mu, sd in zip(groups, *native):
+        ref = np.concatenate([_tensors()[i].astype(np.float64).ravel() for i in g])
+        assert mu == pytest.approx(ref.mean(), rel=1e-6, abs=1e-30)
+        assert sd == pytest.approx(ref.std(), rel=1e-6, abs=1e-30)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(1000, 3000), (17,), (), (3, 5, 7)])
+def test_draws_match_counter_rng_to_float32_rounding(shape):
+    key = jax.random.key(3)
+    k0, k1 = (int(v) for v in counter_rng.key_words(jax.random.key_data(key)))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for rule, mu in (("N(mu,sigma)", 0.5), ("N(0,sigma)", 0.0)):
+        got = wn.draw(shape, sharding, k0, k1, rule, 0.5, 2.0)
+        assert got.shape == shape and got.dtype == np.float32 and got.sharding == sharding
+        ref = np.asarray(mu + 2.0 * counter_rng.standard_normal(jax.random.key_data(key), shape),
+                         np.float64)
+        # the same hash bits and inverse CDF; only the log's last bits differ (|z| <= 5.42)
+        np.testing.assert_allclose(np.asarray(got), ref, rtol=0, atol=2e-6 * 2.0 * 5.5)
+
+
+def test_row_bases_index_every_shard_layout():
+    rng = np.random.default_rng(0)
+    for shape in [(6, 10), (4, 6, 8), (9,), (2, 3, 4, 5)]:
+        full = np.arange(np.prod(shape)).reshape(shape)
+        for _ in range(10):
+            index = []
+            for d in shape:
+                a = int(rng.integers(0, d))
+                b = int(rng.integers(a + 1, d + 1))
+                index.append(slice(a, b))
+            bases, rowlen = wn._row_bases(shape, tuple(index))
+            want = full[tuple(index)].reshape(-1, rowlen)
+            np.testing.assert_array_equal(bases, want[:, 0])
+            np.testing.assert_array_equal(want - want[:, :1], np.broadcast_to(np.arange(rowlen), want.shape))
+
+
+@needs_kernels
+def test_transform_with_and_without_kernels(monkeypatch):
+    """Same statistics, and draws equal to float32 rounding (the XLA programs are what an
+    accelerator runs)."""
+    source, fresh = make_trees(seed=4)
+    native, report_n = ws.transform_with_report(source, fresh, "per_param_mean_std", 9)
+    monkeypatch.setattr(wn, "library", lambda: None)
+    xla, report_x = ws.transform_with_report(source, fresh, "per_param_mean_std", 9)
+    assert [(g.mean, g.std) for g in report_n] == [(g.mean, g.std) for g in report_x]
+    for k, v in flat(xla).items():
+        np.testing.assert_allclose(np.asarray(flat(native)[k]), np.asarray(v), rtol=1e-5,
+                                   atol=1e-6, err_msg=k)
+
+
+def test_no_compiler_falls_back_to_xla(tmp_path):
+    """A failed build is not an error: the kernels are off and the transform still runs."""
+    code = ("from synthpre_jax import weight_stats_native as wn, weight_stats as ws\n"
+            "from test_weight_stats import make_trees\n"
+            "assert wn.library() is None\n"
+            "s, f = make_trees(seed=1)\n"
+            "ws.transform(s, f, 'per_param_scale', 0)\n"
+            "print('fallback ok')\n")
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), XDG_CACHE_HOME=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                           os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.so"))
