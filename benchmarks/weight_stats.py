@@ -14,8 +14,11 @@ Measured, in the same process:
              (`jax.random.normal`, what it used before) for comparison;
   first      one transform including compilation;
   steady     the transform once compiled (best of `--repeats`), as the CLI and fine-tuning
-             run it (fresh tree donated), split into the statistics (exact-sum passes)
-             and the sampling; `keep` the same without donating (new output buffers);
+             run it (fresh tree donated), with the compiled CPU kernels
+             (`weight_stats_native`), split into the statistics (exact-sum passes) and the
+             sampling; `xla` the same with the kernels off (the XLA programs, what
+             accelerators run), alternating with it; `keep` without donating (new output
+             buffers);
   peak_mem   growth of the process's peak resident memory during one steady transform
              (Linux VmHWM, reset through /proc/self/clear_refs), next to the output's size.
 Wall times on a shared machine vary with its load (recorded); `cpu x` (process CPU time of
@@ -25,6 +28,7 @@ floor. Writes benchmarks/results/weight_stats.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from synthpre_jax import counter_rng, weight_stats as ws  # noqa: E402
+from synthpre_jax import weight_stats_native as wn  # noqa: E402
 from synthpre_jax.weight_stats_groups import (  # noqa: E402
     T5_BASE, resolve_scheme, t5_param_shapes, transformable_names)
 
@@ -147,6 +152,18 @@ def measure_rng(shapes: list[tuple[int, ...]], repeats: int) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _kernels(on: bool):
+    """The compiled CPU kernels (`weight_stats_native`) on, or off (the XLA programs)."""
+    saved = wn.library
+    if not on:
+        wn.library = lambda: None
+    try:
+        yield
+    finally:
+        wn.library = saved
+
+
 def _copy_tree(tree: dict) -> dict:
     return jax.block_until_ready(jax.tree_util.tree_map(jnp.copy, tree))
 
@@ -163,15 +180,19 @@ def measure_scheme(source: dict, fresh: dict, scheme: str, repeats: int, rng_s: 
     jax.block_until_ready(ws.transform(source, _copy_tree(fresh), scheme, 0, donate_fresh=True))
     first = time.perf_counter() - t
 
-    times, cpus = [], []
-    for _ in range(repeats):
-        donated = _copy_tree(fresh)
-        cpu: list = []
-        times.append(best(lambda: jax.block_until_ready(
-            ws.transform(source, donated, scheme, 1, donate_fresh=True)), 1, cpu))
-        cpus.append(cpu[0])
-        del donated
+    times, cpus, xla_times = [], [], []
+    for _ in range(repeats):  # compiled kernels and XLA programs alternately
+        for kernels in (True, False) if wn.library() is not None else (False,):
+            donated = _copy_tree(fresh)
+            cpu: list = []
+            with _kernels(kernels):
+                t = best(lambda d=donated: jax.block_until_ready(
+                    ws.transform(source, d, scheme, 1, donate_fresh=True)), 1, cpu)
+            (times if kernels or wn.library() is None else xla_times).append(t)
+            if kernels or wn.library() is None:
+                cpus.append(cpu[0])
     steady, steady_cpu = min(zip(times, cpus))
+    steady_xla = min(xla_times) if xla_times else steady
     keep = best(lambda: jax.block_until_ready(ws.transform(source, fresh, scheme, 1)), repeats)
     order = sorted(paths)
     placed = [jax.device_put(flat_src[p]) for p in order]  # as the transform places them
@@ -192,7 +213,8 @@ def measure_scheme(source: dict, fresh: dict, scheme: str, repeats: int, rng_s: 
     return dict(scheme=scheme, groups=len(groups), tensors=len(paths), elements=int(n_out),
                 output_bytes=int(4 * n_out), first_s=first, steady_s=steady,
                 steady_cpu_s=steady_cpu, steady_keep_s=keep, stats_s=stats,
-                sampling_s=max(steady - stats, 0.0), rng_s=rng_s[key]["counter_s"],
+                sampling_s=max(steady - stats, 0.0), steady_xla_s=steady_xla,
+                kernels=wn.library() is not None, rng_s=rng_s[key]["counter_s"],
                 rng_cpu_s=rng_s[key]["counter_cpu_s"], rng_fused_s=rng_s[key]["counter_fused_s"],
                 threefry_s=rng_s[key]["threefry_s"],
                 peak_mem_growth_bytes=peak)
@@ -228,7 +250,7 @@ def main(argv=None) -> int:
         print(f"  {scheme}: {r['steady_s']:.3f} s steady", flush=True)
 
     head = (f"{'scheme':<20} {'tensors':>7} {'Mparams':>8} {'first s':>8} {'steady s':>8} "
-            f"{'keep s':>7} {'stats s':>8} {'sample s':>8} {'rng s':>7} {'3fry s':>7} "
+            f"{'keep s':>7} {'stats s':>8} {'sample s':>8} {'xla s':>7} {'rng s':>7} {'3fry s':>7} "
             f"{'x floor':>7} {'cpu x':>6} {'peak MiB':>8} {'out MiB':>7}")
     print(head)
     for r in rows:
@@ -236,7 +258,8 @@ def main(argv=None) -> int:
             f"{r['peak_mem_growth_bytes'] / 2**20:.0f}"
         print(f"{r['scheme']:<20} {r['tensors']:>7} {r['elements'] / 1e6:>8.1f} "
               f"{r['first_s']:>8.2f} {r['steady_s']:>8.3f} {r['steady_keep_s']:>7.3f} "
-              f"{r['stats_s']:>8.3f} {r['sampling_s']:>8.3f} {r['rng_s']:>7.3f} "
+              f"{r['stats_s']:>8.3f} {r['sampling_s']:>8.3f} {r['steady_xla_s']:>7.3f} "
+              f"{r['rng_s']:>7.3f} "
               f"{r['threefry_s']:>7.3f} {r['ratio_to_floor']:>7.1f} "
               f"{r['cpu_ratio_to_floor']:>6.1f} {peak:>8} {r['output_bytes'] / 2**20:>7.0f}")
     result = dict(

@@ -217,13 +217,36 @@ def squared_deviation_parts(x: Any, mu: np.float32, hi: np.float32, lo: np.float
     return m, k, float(total)
 
 
+_HUGE = 2 << 20  # bytes of a transparent huge page on x86-64 and most arm64 kernels
+_MADV_HUGEPAGE = 14
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise() -> Optional[Any]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 array on a 64-byte boundary: XLA's CPU client adopts such a buffer without a
-    copy in `jax.device_put`."""
+    """float32 array on a 64-byte boundary (XLA's CPU client adopts such a buffer without a
+    copy in `jax.device_put`). A large one starts on a 2 MiB boundary and asks the kernel for
+    transparent huge pages: its first touch then costs one page fault per 2 MiB instead of
+    per 4 KiB (~0.1 s less for a T5-base tree here, where THP is 'madvise')."""
     n = math.prod(shape)
-    raw = np.empty(n + 16, np.float32)
-    off = (-raw.ctypes.data % 64) // 4
-    return raw[off:off + n].reshape(shape)
+    nbytes = 4 * n
+    align = _HUGE if nbytes >= 2 * _HUGE else 64
+    raw = np.empty(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align
+    out = raw[off:off + nbytes].view(np.float32).reshape(shape)
+    if align == _HUGE and (madvise := _madvise()) is not None:
+        madvise(raw.ctypes.data + off, nbytes - nbytes % _HUGE, _MADV_HUGEPAGE)  # a hint only
+    return out
 
 
 def _row_bases(shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[np.ndarray, int]:
