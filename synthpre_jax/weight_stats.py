@@ -216,22 +216,12 @@ def _tensor_squared_deviation_parts(x: jax.Array, mu: jax.Array, hi: jax.Array, 
     return m, k, _grid_sum(jnp.square(d), jnp.int32(0), bits)
 
 
-def _native_sum_parts(x: Any, *, bits: int) -> tuple:
-    return weight_stats_native.tensor_sum_parts(x, bits)
-
-
-def _native_squared_deviation_parts(x: Any, mu: Any, hi: Any, lo: Any, *, bits: int) -> tuple:
-    return weight_stats_native.squared_deviation_parts(x, mu, hi, lo, bits)
-
-
-def _exact_sums(fn: Any, calls: Sequence[tuple], bits: Sequence[int], names: Sequence[str],
-                squared: bool = False) -> tuple[np.ndarray, list]:
-    """Each tensor's exact sum (of x, or of squared deviations) in float64, and every
-    program's further results: one small program per tensor (compiled once per shape and
-    sharding, so cheap to compile and shared across schemes), then the host scales each exact
-    grid total back. A program on a sharded tensor all-reduces; those run one at a time,
-    since several collective programs in flight at once can deadlock XLA's CPU collectives
-    (each waits for device threads the others hold)."""
+def _program_parts(fn: Any, calls: Sequence[tuple], bits: Sequence[int]) -> list:
+    """Every tensor's results of `fn` (an exact-sum program): one small program per tensor
+    (compiled once per shape and sharding, so cheap to compile and shared across schemes). A
+    program on a sharded tensor all-reduces; those run one at a time, since several collective
+    programs in flight at once can deadlock XLA's CPU collectives (each waits for device
+    threads the others hold)."""
     parts = []
     with jax.enable_x64(True):
         for args, b in zip(calls, bits):
@@ -239,8 +229,15 @@ def _exact_sums(fn: Any, calls: Sequence[tuple], bits: Sequence[int], names: Seq
             if isinstance(args[0], jax.Array) and len(args[0].sharding.device_set) > 1:
                 jax.block_until_ready(result)
             parts.append(result)
+    return jax.device_get(parts)
+
+
+def _exact_sums(parts: Sequence[tuple], bits: Sequence[int], names: Sequence[str],
+                squared: bool = False) -> tuple[np.ndarray, list]:
+    """Each tensor's exact sum (of x, or of squared deviations) in float64 from its exact grid
+    total, and the further results of its program (or kernel)."""
     out, extra = [], []
-    for (m, e, total, *rest), b, name in zip(jax.device_get(parts), bits, names):
+    for (m, e, total, *rest), b, name in zip(parts, bits, names):
         if not np.isfinite(m):
             raise UserError(f"source tensor {name} has non-finite values (NaN or inf); "
                             "its checkpoint cannot provide weight statistics")
@@ -266,18 +263,24 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
         raise ValueError("group_statistics: a tensor is in more than one group")
     counts = [math.prod(np.shape(x)) for x in tensors]
     bits = [_fixed_bits(n) for n in counts]
+    # on CPUs the compiled kernels, one pass over the whole tree at a time (same values)
     native = weight_stats_native.usable(tensors)
-    first, second = ((_native_sum_parts, _native_squared_deviation_parts) if native else
-                     (_tensor_sum_parts, _tensor_squared_deviation_parts))
-    sums, hi_lo = _exact_sums(first, [(x,) for x in tensors], bits, names)
+    parts = (weight_stats_native.sum_parts_all(tensors, bits) if native else
+             _program_parts(_tensor_sum_parts, [(x,) for x in tensors], bits))
+    sums, hi_lo = _exact_sums(parts, bits, names)
     size = [sum(counts[i] for i in g) for g in groups]
     mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
     tensor_mu = np.zeros(len(tensors), np.float32)
     for g, mu in zip(groups, mus):
         tensor_mu[list(g)] = mu
-    sq, _ = _exact_sums(second,
-                        [(x, tensor_mu[i], *hi_lo[i]) for i, x in enumerate(tensors)], bits,
-                        names, squared=True)
+    if native:
+        parts = weight_stats_native.squared_deviation_parts_all(
+            tensors, tensor_mu, [h for h, _ in hi_lo], [lo for _, lo in hi_lo], bits)
+    else:
+        parts = _program_parts(_tensor_squared_deviation_parts,
+                               [(x, tensor_mu[i], *hi_lo[i]) for i, x in enumerate(tensors)],
+                               bits)
+    sq, _ = _exact_sums(parts, bits, names, squared=True)
     sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
     return mus, sigmas
 
@@ -374,6 +377,7 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
     words = np.array([_path_words(p) for p in order], dtype=np.uint32)
     keys = _keys_program(impl, default)(key_data, words)
     host_words = None
+    native_draws: dict[str, dict] = {}  # drawn by the CPU kernels, all in one pass
     result = dict(fresh_flat)
     for j, (g, rule) in enumerate(zip(groups, rules)):
         for p in g.paths:
@@ -385,15 +389,16 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
                 if host_words is None:
                     host_words = _host_key_words(np.asarray(keys))
                 k0, k1 = host_words[index[p]]
-                shape = tuple(np.shape(like))
-                if donate:  # as the XLA path's donation would; first, so that the allocator
-                    like.delete()  # can hand its memory (already mapped) to the new tensor
-                result[p] = weight_stats_native.draw(shape, sharding, int(k0), int(k1), rule,
-                                                     mus[j], sigmas[j])
+                native_draws[p] = dict(
+                    shape=tuple(np.shape(like)), sharding=sharding, k0=k0, k1=k1, rule=rule,
+                    mu=mus[j], sigma=sigmas[j],
+                    # into the fresh tensor's own memory, as XLA's donation would
+                    target=weight_stats_native.take_buffer(like) if donate else None)
                 continue
             sample = _sampler(rule, str(np.dtype(like.dtype)), sharding, donate)
             args = (keys, np.int32(index[p]), np.float32(mus[j]), np.float32(sigmas[j]))
             result[p] = sample(*args, *((like,) if donate else ()), shape=tuple(np.shape(like)))
+    result.update(zip(native_draws, weight_stats_native.draw_many(list(native_draws.values()))))
 
     report = [GroupStats(g.name, rule, len(g.paths),
                          int(sum(math.prod(np.shape(src_flat[p])) for p in g.paths)),

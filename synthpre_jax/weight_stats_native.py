@@ -44,7 +44,7 @@ SOURCE = Path(__file__).resolve().parent / "native" / "weight_stats_kernels.c"
 # -fno-math-errno let the selects and sqrt vectorise without changing any value.
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
          "-fno-strict-aliasing", "-fPIC", "-shared")
-CHUNK = 1 << 20  # elements per task: large enough to amortise a thread hand-off
+TASK = 1 << 18  # elements per task: ~1 ms of work, so hand-offs (~10 us) stay cheap
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I64P = ctypes.POINTER(ctypes.c_int64)
 
@@ -110,10 +110,15 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 @functools.lru_cache(maxsize=1)
+def _workers() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, n or 1)
+
+
+@functools.lru_cache(maxsize=1)
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     # ctypes releases the GIL during each call, so the threads run the kernels in parallel
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return concurrent.futures.ThreadPoolExecutor(max(1, workers or 1), "ws-native")
+    return concurrent.futures.ThreadPoolExecutor(_workers(), "ws-native")
 
 
 def _is_cpu_f32(x: Any) -> bool:
@@ -157,64 +162,91 @@ def _blocks(x: Any) -> list[np.ndarray]:
     return out
 
 
-def _map_chunks(fn, blocks: Sequence[np.ndarray]) -> list:
-    """fn(pointer, n) over CHUNK-sized pieces of every block, on the pool."""
-    jobs = []
+def _run(jobs: Sequence[tuple]) -> list:
+    """fn(*args) for every (fn, *args) in `jobs`, on the pool (one hand-off for a whole pass
+    over the tree: per-tensor hand-offs and their stragglers cost more than the work of the
+    small tensors)."""
+    if len(jobs) <= 1:
+        return [job[0](*job[1:]) for job in jobs]
+    return list(_pool().map(lambda job: job[0](*job[1:]), jobs))
+
+
+def _pieces(blocks: Sequence[np.ndarray]) -> list[tuple[Any, int]]:
+    """(pointer, length) pieces of TASK elements or fewer covering every block."""
+    out = []
     for b in blocks:
-        ptr = b.ctypes.data
-        for start in range(0, len(b), CHUNK):
-            n = min(CHUNK, len(b) - start)
-            jobs.append((ctypes.cast(ptr + 4 * start, _F32P), n))
-    if len(jobs) == 1:
-        return [fn(*jobs[0])]
-    return list(_pool().map(lambda job: fn(*job), jobs))
+        for start in range(0, len(b), TASK):
+            out.append((ctypes.cast(b.ctypes.data + 4 * start, _F32P), min(TASK, len(b) - start)))
+    return out
 
 
-def _minmax(blocks: Sequence[np.ndarray]) -> tuple[np.float32, np.float32, bool]:
-    lib = library()
-
-    def one(ptr, n):
-        out = np.empty(3, np.float32)
-        lib.ws_minmax_f32(ptr, n, out.ctypes.data_as(_F32P))
-        return out
-
-    parts = _map_chunks(one, blocks)
-    return (np.float32(max(p[0] for p in parts)), np.float32(min(p[1] for p in parts)),
-            any(p[2] for p in parts))
+def _minmax_piece(ptr: Any, n: int) -> np.ndarray:
+    out = np.empty(3, np.float32)
+    library().ws_minmax_f32(ptr, n, out.ctypes.data_as(_F32P))
+    return out
 
 
 def _exponent(m: np.float32, floor: int) -> int:
     return max(int(np.frexp(np.float32(m))[1]), floor)
 
 
-def tensor_sum_parts(x: Any, bits: int) -> tuple:
-    """`weight_stats._tensor_sum_parts` (same values): (m, e, exact grid sum, max, min)."""
-    blocks = [b for b in _blocks(x) if len(b)]
-    if not blocks:
-        return (np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf))
-    hi, lo, bad = _minmax(blocks)
-    if bad:
-        return (np.float32(np.inf), 0, 0.0, hi, lo)
-    m = np.maximum(hi, -lo)
-    e = _exponent(m, -96)
-    scale = np.float32(math.ldexp(1.0, bits - e))
-    lib = library()
-    total = sum(_map_chunks(lambda p, n: lib.ws_grid_sum_f32(p, n, scale), blocks))
-    return m, e, float(total), hi, lo
+def _per_tensor(results: list, owners: list[int], count: int) -> list[list]:
+    grouped: list[list] = [[] for _ in range(count)]
+    for r, t in zip(results, owners):
+        grouped[t].append(r)
+    return grouped
 
 
-def squared_deviation_parts(x: Any, mu: np.float32, hi: np.float32, lo: np.float32,
-                            bits: int) -> tuple:
-    """`weight_stats._tensor_squared_deviation_parts` (same values): (m, k, exact grid sum)."""
-    mu = np.float32(mu)
-    m = np.maximum(np.float32(hi - mu), np.float32(mu - lo))
-    k = _exponent(m, -100)
-    kscale = np.float32(math.ldexp(1.0, -k))
-    scale = np.float32(math.ldexp(1.0, bits))
+def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
+    """`weight_stats._tensor_sum_parts` of every tensor (the same values): (m, e, exact grid
+    sum, max, min) each, in two passes over the whole tree."""
     lib = library()
-    blocks = [b for b in _blocks(x) if len(b)]
-    total = sum(_map_chunks(lambda p, n: lib.ws_sqdev_sum_f32(p, n, mu, kscale, scale), blocks))
-    return m, k, float(total)
+    pieces = [_pieces([b for b in _blocks(x) if len(b)]) for x in tensors]
+    owners = [t for t, ps in enumerate(pieces) for _ in ps]
+    flat = [p for ps in pieces for p in ps]
+    mm = _per_tensor(_run([(_minmax_piece, *p) for p in flat]), owners, len(tensors))
+    out: list[Any] = []
+    jobs, sum_owners = [], []
+    for t, parts in enumerate(mm):
+        if not parts:  # an empty tensor
+            out.append((np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf)))
+            continue
+        hi = np.float32(max(p[0] for p in parts))
+        lo = np.float32(min(p[1] for p in parts))
+        if any(p[2] for p in parts):  # inf or NaN: the caller reports the tensor
+            out.append((np.float32(np.inf), 0, 0.0, hi, lo))
+            continue
+        m = np.maximum(hi, -lo)
+        e = _exponent(m, -96)
+        scale = np.float32(math.ldexp(1.0, bits[t] - e))
+        out.append([m, e, 0.0, hi, lo])
+        for ptr, n in pieces[t]:
+            jobs.append((lib.ws_grid_sum_f32, ptr, n, scale))
+            sum_owners.append(t)
+    for t, total in zip(sum_owners, _run(jobs)):
+        out[t][2] += total  # integers below 2**53: exact in any order
+    return [tuple(o) for o in out]
+
+
+def squared_deviation_parts_all(tensors: Sequence[Any], mus: Sequence[Any], his: Sequence[Any],
+                                los: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
+    """`weight_stats._tensor_squared_deviation_parts` of every tensor (the same values):
+    (m, k, exact grid sum) each, in one pass over the whole tree."""
+    lib = library()
+    out, jobs, owners = [], [], []
+    for t, x in enumerate(tensors):
+        mu = np.float32(mus[t])
+        m = np.maximum(np.float32(his[t] - mu), np.float32(mu - los[t]))
+        k = _exponent(m, -100)
+        kscale = np.float32(math.ldexp(1.0, -k))
+        scale = np.float32(math.ldexp(1.0, bits[t]))
+        out.append([m, k, 0.0])
+        for ptr, n in _pieces([b for b in _blocks(x) if len(b)]):
+            jobs.append((lib.ws_sqdev_sum_f32, ptr, n, mu, kscale, scale))
+            owners.append(t)
+    for t, total in zip(owners, _run(jobs)):
+        out[t][2] += total
+    return [tuple(o) for o in out]
 
 
 _HUGE = 2 << 20  # bytes of a transparent huge page on x86-64 and most arm64 kernels
@@ -264,47 +296,111 @@ def _row_bases(shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[np.nda
     return base.reshape(-1), bounds[-1][1] - bounds[-1][0]
 
 
-def _fill(out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
-          mu: np.float32, sigma: np.float32) -> None:
+def _fill_jobs(out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
+               mu: np.float32, sigma: np.float32) -> list[tuple]:
+    """`_run` jobs that draw the rows `bases` (each `rowlen` long) into `out`."""
     lib = library()
-    rows_per_job = max(1, CHUNK // max(rowlen, 1))
-    jobs = []
+    rows = max(1, TASK // max(rowlen, 1))
     flat = out.reshape(-1)
-    for r0 in range(0, len(bases), rows_per_job):
-        r1 = min(len(bases), r0 + rows_per_job)
-        jobs.append((flat[r0 * rowlen:], bases[r0:r1]))
+    jobs = []
+    for r0 in range(0, len(bases), rows):
+        b = bases[r0:r0 + rows]
+        jobs.append((lib.ws_draw_f32, flat[r0 * rowlen:].ctypes.data_as(_F32P),
+                     b.ctypes.data_as(_I64P), len(b), rowlen, k0, k1, rule, mu, sigma, b))
+    return jobs
 
-    def one(job):
-        o, b = job
-        lib.ws_draw_f32(o.ctypes.data_as(_F32P), b.ctypes.data_as(_I64P), len(b), rowlen,
-                        k0, k1, rule, mu, sigma)
 
-    if len(jobs) == 1:
-        one(jobs[0])
-    else:
-        list(_pool().map(one, jobs))
+def _draw_job(fn, out, bases, nrows, rowlen, k0, k1, rule, mu, sigma, keep) -> None:
+    del keep  # holds the bases array alive until the job has run
+    fn(out, bases, nrows, rowlen, k0, k1, rule, mu, sigma)
+
+
+@functools.lru_cache(maxsize=64)
+def _take_program(sharding: Any):
+    # x * 1 simplifies to x, and with the input donated XLA returns the input's own buffer:
+    # no copy, unless XLA may not reuse it (e.g. memory adopted from a NumPy array), when it
+    # copies into a buffer of its own. Either way the result's buffer is the program's alone.
+    import jax
+
+    return jax.jit(lambda x: x * np.float32(1), donate_argnums=0, out_shardings=sharding)
+
+
+def take_buffer(fresh: Any) -> Any:
+    """A float32 jax.Array that owns the donated `fresh` tensor's memory (already mapped, so
+    writing it costs no page faults: ~0.1-0.3 s for a T5-base tree here), as a `draw_many`
+    target. `fresh` is deleted."""
+    return _take_program(fresh.sharding)(fresh)
+
+
+def _shard_key(index: tuple, shape: tuple[int, ...]) -> tuple:
+    return tuple(s.indices(d)[:2] for s, d in zip(index, shape))
+
+
+def draw_many(requests: Sequence[dict]) -> list[Any]:
+    """Float32 jax.Arrays of N(mu, sigma) ('N(mu,sigma)') or N(0, sigma) ('N(0,sigma)') draws,
+    element i of each from `counter_rng`'s hash of (k0, k1, i), all in one pass on the pool.
+
+    A request is dict(shape, sharding, k0, k1, rule, mu, sigma[, target]): with `target` (from
+    `take_buffer`) the draws go into its buffers and it is returned; otherwise into new
+    buffers. Each distinct shard is drawn once, on this host; replicas are copies of it."""
+    import jax
+
+    targets = [r.get("target") for r in requests]
+    jax.block_until_ready([t for t in targets if t is not None])  # before writing into them
+    jobs, finish = [], []
+    for r, target in zip(requests, targets):
+        shape = tuple(r["shape"])
+        if math.prod(shape) > 2 ** 32:
+            raise ValueError(f"counter_rng draws tensors of up to 2**32 elements, got {shape}")
+        rule = {"N(0,sigma)": 0, "N(mu,sigma)": 1}[r["rule"]]
+        params = (int(r["k0"]), int(r["k1"]), rule, np.float32(r["mu"]), np.float32(r["sigma"]))
+        drawn: dict[tuple, np.ndarray] = {}
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        if target is not None:
+            slots = [(s.index, _buffer_view(s.data, s.index, shape)) for s in target.addressable_shards]
+        else:
+            slots = [(index, None) for index in
+                     r["sharding"].addressable_devices_indices_map(shape).values()]
+        outs = []
+        for index, view in slots:
+            key = _shard_key(index, shape)
+            if key in drawn:
+                if view is not None:
+                    copies.append((view, drawn[key]))
+                outs.append(drawn[key] if view is None else view)
+                continue
+            out = view if view is not None else _aligned_empty(tuple(b - a for a, b in key))
+            if out.size:
+                bases, rowlen = _row_bases(shape, index)
+                jobs += _fill_jobs(out, bases, rowlen, *params)
+            drawn[key] = out
+            outs.append(out)
+        finish.append((r, target, outs, copies))
+    _run([(_draw_job, *job) for job in jobs])
+    results = []
+    for r, target, outs, copies in finish:
+        for dst, src in copies:
+            np.copyto(dst, src)
+        if target is not None:
+            results.append(target)
+            continue
+        devices = r["sharding"].addressable_devices_indices_map(tuple(r["shape"])).keys()
+        results.append(jax.make_array_from_single_device_arrays(
+            tuple(r["shape"]), r["sharding"],
+            [jax.device_put(o, d) for o, d in zip(outs, devices)]))
+    return results
+
+
+def _buffer_view(data: Any, index: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable NumPy view of a single-device CPU array's buffer (row-major)."""
+    local = tuple(b - a for a, b in _shard_key(index, shape))
+    n = math.prod(local)
+    ptr = data.unsafe_buffer_pointer()
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(local)
 
 
 def draw(shape: tuple[int, ...], sharding: Any, k0: int, k1: int, rule: str, mu: float,
          sigma: float) -> Any:
-    """A float32 jax.Array of `shape` with `sharding`: N(mu, sigma) ('N(mu,sigma)') or
-    N(0, sigma) ('N(0,sigma)') draws, element i from `counter_rng`'s hash of (k0, k1, i).
-    Each distinct shard is computed once, on this host, straight into its own buffer."""
-    import jax
-
-    if math.prod(shape) > 2 ** 32:
-        raise ValueError(f"counter_rng draws tensors of up to 2**32 elements, got {shape}")
-    rule_id = {"N(0,sigma)": 0, "N(mu,sigma)": 1}[rule]
-    done: dict[tuple, np.ndarray] = {}
-    per_device = []
-    for device, index in sharding.addressable_devices_indices_map(shape).items():
-        key = tuple(s.indices(d)[:2] for s, d in zip(index, shape))
-        if key not in done:
-            bases, rowlen = _row_bases(shape, index)
-            local = tuple(b - a for a, b in key)
-            out = _aligned_empty(local)
-            if out.size:
-                _fill(out, bases, rowlen, k0, k1, rule_id, np.float32(mu), np.float32(sigma))
-            done[key] = out
-        per_device.append(jax.device_put(done[key], device))
-    return jax.make_array_from_single_device_arrays(shape, sharding, per_device)
+    """One `draw_many` request into new buffers."""
+    return draw_many([dict(shape=shape, sharding=sharding, k0=k0, k1=k1, rule=rule, mu=mu,
+                           sigma=sigma)])[0]
