@@ -26,7 +26,13 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one UserError line (exit code 2 via
-    `cli.run_guarded`) instead of printing the whole usage text and exiting itself."""
+    `cli.run_guarded`) instead of printing the whole usage text and exiting itself, and that
+    takes flags only by their full names (as absl, T5X's flag library, does): `--metric`
+    must not quietly mean `--metrics`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{message}; see '{self.prog} --help'")

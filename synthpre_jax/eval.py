@@ -25,8 +25,7 @@ import gin
 import jax
 import numpy as np
 
-from synthpre_jax import gin_utils
-from synthpre_jax import errors
+from synthpre_jax import errors, gin_utils, paths
 from synthpre_jax.errors import UserError
 from synthpre_jax.paths import make_writable_dir
 
@@ -140,6 +139,7 @@ def evaluate(*, model: Any, dataset_cfg: Any, partitioner: Any, checkpoint_path:
     from synthpre_jax.evaluation import InferenceEvaluator
 
     output_dir = _check_output_dir(output_dir)
+    paths.check_dir_target(output_dir, "EVAL_OUTPUT_DIR")  # before the datasets' log lines
     todo = list_checkpoints(checkpoint_path, checkpoint_mode)
     abstract, shardings = abstract_params(model, partitioner)
     first = restore_params(todo[0][1], abstract, shardings)   # fail on a mismatch before any output

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from synthpre_jax import errors
+from synthpre_jax import errors, paths
 from synthpre_jax.errors import UserError
 
 _INIT_MODES = ("from_scratch", "load", "load_all_but_embed", "weight_stats", "constant_preattn_ln")
@@ -60,11 +60,16 @@ def load_grid(path: str) -> dict:
     import yaml
     if not os.path.exists(path):
         raise UserError(f"grid file {path!r} not found")
+    if os.path.isdir(path):
+        raise UserError(f"grid file {path!r} is a directory; give a YAML file")
     try:
         with open(path, encoding="utf-8") as f:
             grid = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise UserError(f"grid file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"grid file {path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "save it as UTF-8") from None
     if not isinstance(grid, dict):
         raise UserError(f"grid file {path!r} must be a mapping with 'pretrain' and/or 'finetune'")
     unknown = set(grid) - {"name", "out_dir", "model_gin", "bindings", "pretrain", "finetune", "natural", "gin_files"}
@@ -74,31 +79,50 @@ def load_grid(path: str) -> dict:
 
 
 def _require(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise UserError(f"grid: {where} must be a mapping (key: value, ...)")
     if key not in d:
         raise UserError(f"grid: {where} needs '{key}'")
     return d[key]
+
+
+def _int(value: Any, where: str) -> int:
+    """A whole number from the grid, or one clear line naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"grid: {where} must be an integer, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if number != int(number):
+            raise ValueError
+        return int(number)
+    except (ValueError, OverflowError):
+        raise UserError(f"grid: {where} must be an integer, got {value!r}") from None
 
 
 def _lengths(d: dict, where: str) -> str:
     fl = _require(d, "feature_lengths", where)
     if not isinstance(fl, dict) or not {"inputs", "targets"} <= set(fl):
         raise UserError(f"grid: {where}.feature_lengths needs 'inputs' and 'targets'")
-    return "{'inputs': %d, 'targets': %d}" % (int(fl["inputs"]), int(fl["targets"]))
+    return "{'inputs': %d, 'targets': %d}" % (_int(fl["inputs"], f"{where}.feature_lengths.inputs"),
+                                              _int(fl["targets"], f"{where}.feature_lengths.targets"))
 
 
 def _base_argv(grid: dict, run_gin: str, spec: dict, where: str, model_dir: str, seed: int) -> list:
-    steps = int(_require(spec, "steps", where))
+    steps = _int(_require(spec, "steps", where), f"{where}.steps")
     if steps < 1:
         raise UserError(f"grid: {where}.steps must be >= 1")
     argv = [f"--gin_file={grid.get('model_gin', 'models/t5_tiny.gin')}", f"--gin_file={run_gin}"]
     argv += [f"--gin_file={g}" for g in grid.get("gin_files", [])]
     argv += [f"--gin.MIXTURE_OR_TASK_NAME='{_require(spec, 'task', where)}'",
              f"--gin.TASK_FEATURE_LENGTHS={_lengths(spec, where)}",
-             f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={int(spec.get('batch_size', 32))}",
+             f"--gin.TRAIN_STEPS={steps}",
+             f"--gin.BATCH_SIZE={_int(spec.get('batch_size', 32), f'{where}.batch_size')}",
              f"--gin.MODEL_DIR='{model_dir}'", f"--gin.RANDOM_SEED={seed}"]
-    period = int(spec.get("eval_period", max(steps // 10, 1)))
-    argv += [f"--gin.EVAL_PERIOD={period}", f"--gin.EVAL_STEPS={int(spec.get('eval_steps', 4))}",
-             f"--gin.train.stats_period={int(spec.get('stats_period', max(period // 2, 1)))}"]
+    period = _int(spec.get("eval_period", max(steps // 10, 1)), f"{where}.eval_period")
+    argv += [f"--gin.EVAL_PERIOD={period}",
+             f"--gin.EVAL_STEPS={_int(spec.get('eval_steps', 4), f'{where}.eval_steps')}",
+             "--gin.train.stats_period="
+             f"{_int(spec.get('stats_period', max(period // 2, 1)), f'{where}.stats_period')}"]
     for b in list(grid.get("bindings", [])) + list(spec.get("bindings", [])):
         argv.append(f"--gin_bindings={b}")
     return argv
@@ -116,12 +140,20 @@ def plan(grid: dict, out_dir: Optional[str] = None) -> list[Run]:
             raise UserError(f"grid: {where}.select must be one of {_SELECT}")
         pre_names.add(name)
         d = os.path.join(out, "pretrain", name)
-        argv = _base_argv(grid, p.get("run_gin", "runs/pretrain.gin"), p, where, d, int(p.get("seed", 0)))
-        argv.append(f"--gin.CHECKPOINT_PERIOD={int(p.get('eval_period', max(int(p['steps']) // 10, 1)))}")
-        runs.append(Run("pretrain", f"pretrain/{name}", d, int(p["steps"]), argv,
+        argv = _base_argv(grid, p.get("run_gin", "runs/pretrain.gin"), p, where, d,
+                          _int(p.get("seed", 0), f"{where}.seed"))
+        steps = _int(p["steps"], f"{where}.steps")
+        argv.append(f"--gin.CHECKPOINT_PERIOD="
+                    f"{_int(p.get('eval_period', max(steps // 10, 1)), f'{where}.eval_period')}")
+        runs.append(Run("pretrain", f"pretrain/{name}", d, steps, argv,
                         meta={"select": p.get("select", "max_accuracy"), "task": p["task"]}))
     ft = grid.get("finetune") or {}
+    if not isinstance(ft, dict):
+        raise UserError("grid: finetune must be a mapping with 'tasks', 'inits' and 'seeds'")
     seeds = ft.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        raise UserError(f"grid: finetune.seeds must be a list of integers, e.g. [0, 1, 2], got {seeds!r}")
+    seeds = [_int(x, "finetune.seeds") for x in seeds]
     for t_i, t in enumerate(ft.get("tasks", []) or []):
         tw = f"finetune.tasks[{t_i}]"
         tname = str(_require(t, "name", tw))
@@ -139,20 +171,30 @@ def plan(grid: dict, out_dir: Optional[str] = None) -> list[Run]:
                 argv = _base_argv(grid, t.get("run_gin", "runs/finetune.gin"), t, tw, d, int(seed))
                 argv += [f"--gin.init_modes.InitConfig.mode='{mode}'"]
                 if mode == "weight_stats":
-                    argv += [f"--gin.init_modes.InitConfig.scheme='{_require(init, 'scheme', iw)}'"]
+                    from synthpre_jax.weight_stats_groups import resolve_scheme
+                    scheme = _require(init, "scheme", iw)
+                    try:
+                        resolve_scheme(scheme)
+                    except UserError as e:
+                        raise UserError(f"grid: {iw}.scheme: {e}") from None
+                    argv += [f"--gin.init_modes.InitConfig.scheme='{scheme}'"]
                 if mode == "constant_preattn_ln":
                     argv += [f"--gin.init_modes.InitConfig.value={float(_require(init, 'value', iw))!r}"]
                 if "learning_rate" in t:
                     argv += [f"--gin.LEARNING_RATE={float(t['learning_rate'])!r}"]
-                source = None
+                source, path_source = None, None
                 if src:
                     if src in pre_names:
                         source = src  # filled in after pre-training is selected
                     else:
                         argv += [f"--gin.INITIAL_CHECKPOINT_PATH='{src}'"]
-                runs.append(Run("finetune", f"finetune/{tname}/{iname}/seed{seed}", d, int(t["steps"]), argv,
+                        path_source = src
+                runs.append(Run("finetune", f"finetune/{tname}/{iname}/seed{seed}", d,
+                                _int(t["steps"], f"{tw}.steps"), argv,
                                 source=source, meta={"task": t["task"], "task_name": tname, "init": iname,
-                                                     "seed": int(seed), "metric": t.get("metric")}))
+                                                     "seed": int(seed), "metric": t.get("metric"),
+                                                     **({"init_source": path_source}
+                                                        if path_source else {})}))
     if not runs:
         raise UserError("grid has no runs: add 'pretrain' and/or 'finetune.tasks' + 'finetune.inits'")
     return runs
@@ -170,6 +212,10 @@ def check_runs(runs: list[Run]) -> None:
 
     train_mod._register_configurables()
     for run in runs:
+        src = run.meta.get("init_source")
+        if src and not os.path.exists(os.path.expanduser(src)):
+            raise UserError(f"grid run {run.name}: source checkpoint {src} does not exist; give a "
+                            "pretrain name of the grid or an existing checkpoint path")
         argv = list(run.argv)
         if run.source:  # the selected pre-training checkpoint is only known after pre-training
             argv.append("--gin.INITIAL_CHECKPOINT_PATH='<selected>'")
@@ -198,13 +244,8 @@ def _macro(name: str) -> Any:
 
 
 def _check_out_dir(out: str) -> None:
-    """The nearest existing ancestor of --out must be a directory (checked in --dry-run too)."""
-    probe = out
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UserError(f"output directory {out} cannot be created: {probe} is not a directory; "
-                        "choose another --out")
+    """--out must be a directory we can create or write (checked in --dry-run too)."""
+    paths.check_dir_target(out, "output directory")
     if os.path.isdir(out) and os.path.exists(os.path.join(out, "training_eval")):
         raise UserError(f"output directory {out} is a training run, not an experiment directory; "
                         "choose another --out")

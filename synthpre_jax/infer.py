@@ -26,6 +26,7 @@ import gin
 import jax
 import numpy as np
 
+from synthpre_jax import paths
 from synthpre_jax.errors import UserError
 
 if __name__ == "__main__":  # `python -m synthpre_jax.infer`: run the package module so that
@@ -133,6 +134,7 @@ def infer(*, model: Any, dataset_cfg: Any, partitioner: Any, checkpoint_path: st
     if not output_dir or output_dir is gin.REQUIRED:
         raise UserError("INFER_OUTPUT_DIR is not set: add --gin.INFER_OUTPUT_DIR=\"'/path/to/output'\"")
     output_dir = os.path.expanduser(str(output_dir))
+    paths.check_dir_target(output_dir, "INFER_OUTPUT_DIR")  # before any slow step
     if num_examples is not None and (not isinstance(num_examples, (int, np.integer)) or num_examples < 1):
         raise UserError(f"INFER_NUM_EXAMPLES must be None or a positive integer, got {num_examples!r}")
     lengths = getattr(dataset_cfg, "task_feature_lengths", None)

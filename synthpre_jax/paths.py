@@ -15,3 +15,49 @@ def make_writable_dir(path: str) -> None:
     with open(probe, "w") as f:
         f.write("ok")
     os.remove(probe)
+
+
+def check_dir_target(path: str, what: str) -> None:
+    """Raise one UserError line when `path` cannot become a directory of ours: it is a file,
+    a parent is a file, or nothing can be created where it would go (e.g. under /proc). Leaves
+    nothing behind, so commands can check their output directory before any slow work."""
+    import tempfile
+
+    from synthpre_jax.errors import UserError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{what} {path} is a file, not a directory; choose another directory")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a directory; "
+                        "choose another directory")
+    probe_in = path if os.path.isdir(path) else parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".synthpre_probe_", dir=probe_in))
+    except OSError as e:
+        raise UserError(f"{what} {path} is not writable ({e.strerror or e}); "
+                        "choose another directory") from None
+
+
+def remove_created(path: str, existed_before: str) -> None:
+    """Remove `path` and every parent up to (not including) `existed_before`, the nearest
+    ancestor that existed before the command created the rest: a failed command leaves no
+    empty directory chain behind."""
+    import shutil
+
+    top = os.path.abspath(path)
+    stop = os.path.abspath(existed_before)
+    while os.path.dirname(top) != stop and os.path.dirname(top) != top:
+        top = os.path.dirname(top)
+    if top != stop:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def nearest_existing(path: str) -> str:
+    """The nearest ancestor of `path` (or `path` itself) that exists."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    return p

@@ -15,7 +15,7 @@ import statistics
 import sys
 from typing import Any, Optional
 
-from synthpre_jax import errors
+from synthpre_jax import errors, paths
 from synthpre_jax.errors import UserError
 
 RUN_META = "run.json"
@@ -25,6 +25,8 @@ def find_runs(exp_dirs: list[str]) -> list[dict]:
     """Fine-tuning run directories (they hold training_eval/) with their grid metadata."""
     runs = []
     for exp in exp_dirs:
+        if os.path.isfile(exp):
+            raise UserError(f"experiment directory {exp!r} is a file; give a directory")
         if not os.path.isdir(exp):
             raise UserError(f"experiment directory {exp!r} not found")
         for root, dirs, _ in os.walk(exp):
@@ -32,8 +34,7 @@ def find_runs(exp_dirs: list[str]) -> list[dict]:
                 meta_path = os.path.join(root, RUN_META)
                 meta = {}
                 if os.path.exists(meta_path):
-                    with open(meta_path, encoding="utf-8") as f:
-                        meta = json.load(f)
+                    meta = _read_json(meta_path)
                 parts = os.path.relpath(root, exp).split(os.sep)
                 # default layout: finetune/<task>/<init>/seed<k>
                 if len(parts) >= 4 and parts[0] == "finetune":
@@ -48,6 +49,18 @@ def find_runs(exp_dirs: list[str]) -> list[dict]:
     if not runs:
         raise UserError(f"no finished fine-tuning runs (directories with training_eval/) under {exp_dirs}")
     return runs
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is not readable JSON ({str(e).splitlines()[0][:120]}); "
+                        "repair or remove it") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} must hold a JSON object; repair or remove it")
+    return value
 
 
 def score_run(run: dict) -> Optional[dict]:
@@ -236,17 +249,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--natural", default=None, help="name of the natural-pre-training init rows")
     p.add_argument("--title", default="Fine-tuning results")
     args = p.parse_args(argv)
+    if args.out is None and os.path.isdir(os.path.join(args.exp_dirs[0], "training_eval")):
+        raise UserError(f"{args.exp_dirs[0]} is one fine-tuning run, not an experiment directory: "
+                        "pass the experiment directory, or --out DIR to report this run alone")
+    if args.out is not None:
+        paths.check_dir_target(args.out, "--out")
     runs = find_runs(args.exp_dirs)
     natural = args.natural
     if natural is None:
         grid_meta = os.path.join(args.exp_dirs[0], "grid.json")
         if os.path.exists(grid_meta):
-            with open(grid_meta, encoding="utf-8") as f:
-                natural = json.load(f).get("natural")
+            natural = _read_json(grid_meta).get("natural")
     _check_init_names(runs, args, natural)
-    if args.out is None and os.path.isdir(os.path.join(args.exp_dirs[0], "training_eval")):
-        raise UserError(f"{args.exp_dirs[0]} is one fine-tuning run, not an experiment directory: "
-                        "pass the experiment directory, or --out DIR to report this run alone")
     table = build_table(runs, args.random, natural)
     out = args.out or args.exp_dirs[0]
     try:

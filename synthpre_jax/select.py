@@ -140,6 +140,8 @@ def select_checkpoint(run_dir: str, metrics: Optional[Iterable[str]] = None) -> 
     are no metrics), 'max_metrics' ({metric: {'value', 'step'}})}}}.
     """
     run_dir = os.path.expanduser(str(run_dir))
+    if os.path.isfile(run_dir):
+        raise UserError(f"run directory {run_dir} is a file; give a run directory (MODEL_DIR)")
     if not os.path.isdir(run_dir):
         raise UserError(f"run directory {run_dir} does not exist")
     eval_root = os.path.join(run_dir, "training_eval")
@@ -166,6 +168,9 @@ def select_checkpoint(run_dir: str, metrics: Optional[Iterable[str]] = None) -> 
                       "inference_metrics_file": None, "max_val_acc_metrics": None,
                       "max_val_acc_note": "no inference_eval/*-metrics.jsonl in the run", "max_metrics": {}}
         path = _inference_file(run_dir, task)
+        if path is None and wanted:
+            raise UserError(f"metric {wanted[0]!r} asked for, but {run_dir} logged no inference "
+                            "metrics (no inference_eval/*-metrics.jsonl)")
         if path is not None:
             records = read_metrics_jsonl(path)
             available = sorted({k for r in records.values() for k in _numeric(r)})

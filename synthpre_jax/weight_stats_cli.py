@@ -22,11 +22,11 @@ import os
 import re
 import shutil
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from synthpre_jax import errors
+from synthpre_jax import errors, paths
 from synthpre_jax.errors import UserError
 from synthpre_jax.paths import make_writable_dir
 from synthpre_jax.weight_stats_groups import (KEEP_FRESH, SCHEMES, resolve_scheme,
@@ -172,19 +172,36 @@ def _check_out(out: str) -> None:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"--out {out} already exists and is not an empty directory; "
                         "choose a new directory")
+    paths.check_dir_target(out, "--out")
+
+
+def _check_plot(plot: Optional[str]) -> None:
+    if not plot:
+        return
+    if not plot.lower().endswith(".png"):
+        raise UserError(f"--plot {plot}: give a .png file name")
+    if os.path.isdir(plot):
+        raise UserError(f"--plot {plot} is a directory; give a .png file name")
+    parent = os.path.dirname(os.path.abspath(plot))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UserError(f"--plot {plot}: {parent} is a file, not a directory")
+    if not os.path.isdir(parent):
+        raise UserError(f"--plot {plot}: its directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--plot {plot}: its directory {parent} is not writable")
 
 
 @contextlib.contextmanager
 def _claimed_out(out: str) -> Iterator[None]:
     """Create --out (and prove it writable) before the slow re-sampling, so an unusable
     directory fails in the first second; if anything fails later, remove what this run
-    created, so a failed run leaves no half-written checkpoint behind."""
+    created (parents included), so a failed run leaves no half-written checkpoint behind."""
     existed = os.path.isdir(out)
+    before = paths.nearest_existing(out)
     try:
         make_writable_dir(out)
     except OSError as e:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
+        paths.remove_created(out, before)
         raise UserError(f"--out {out} is not writable ({e.strerror or e}); "
                         "choose another directory") from None
     ok = False
@@ -198,7 +215,7 @@ def _claimed_out(out: str) -> Iterator[None]:
                     path = os.path.join(out, name)
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
             else:
-                shutil.rmtree(out, ignore_errors=True)
+                paths.remove_created(out, before)
 
 
 def _progress(msg: str) -> None:
@@ -219,10 +236,7 @@ def main(argv: list[str]) -> int:
         gin_utils.parse_gin([args.model_gin] if args.model_gin else [], args.gin_bindings)
     scheme = resolve_scheme(args.scheme)
     _check_out(args.out)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UserError(f"--plot {args.plot}: give a .png file name")
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        raise UserError(f"--plot {args.plot}: its directory does not exist")
+    _check_plot(args.plot)
 
     if not os.path.exists(os.path.expanduser(args.source)):
         raise UserError(f"--source {args.source} does not exist; give a checkpoint directory "
@@ -236,7 +250,7 @@ def _resample_and_write(args: argparse.Namespace, scheme: Any, network: Any, che
                         weight_stats: Any) -> None:
     from synthpre_jax import gin_utils
 
-    _progress(f"loading {args.source}")
+    # no progress line before the source is known to be usable: a bad source is one line
     source = checkpoints.load_params(args.source)
     src_flat, _ = weight_stats.flatten(source)
     if args.model_gin:
@@ -246,6 +260,8 @@ def _resample_and_write(args: argparse.Namespace, scheme: Any, network: Any, che
     ws_ignore = () if scheme.include_embeddings else KEEP_FRESH
     weight_stats.check_trees_match(src_flat, weight_stats.flatten(param_shapes(config))[0],
                                    ignore=ws_ignore)  # fail before the (slow) init
+    _progress(f"loaded {args.source}: {len(src_flat)} tensors, "
+              f"{sum(int(np.size(v)) for v in src_flat.values()) / 1e6:.1f}M parameters")
     _progress(f"initialising the fresh model ({config.num_encoder_layers}+"
               f"{config.num_decoder_layers} layers, d_model {config.emb_dim}, seed {args.seed})")
     fresh = fresh_params(config, args.seed)

@@ -42,6 +42,13 @@ def test_plan_and_dry_run(tmp_path, capsys):
     (lambda g: g["finetune"]["inits"][0].update(init="scratch"), "init must be one of"),
     (lambda g: g.update(pretrian=[]), "unknown key"),
     (lambda g: g["pretrain"][0].update(feature_lengths={"inputs": 4}), "targets"),
+    (lambda g: g["pretrain"][0].update(steps="abc"), r"pretrain\[0\]\.steps must be an integer, got 'abc'"),
+    (lambda g: g["pretrain"][0].update(feature_lengths={"inputs": "many", "targets": 4}),
+     r"feature_lengths\.inputs must be an integer"),
+    (lambda g: g["finetune"].update(seeds=0), r"finetune\.seeds must be a list of integers"),
+    (lambda g: g["finetune"]["inits"].append({"name": "ws", "init": "weight_stats", "source": "copy",
+                                              "scheme": "per_param_mean_sdt"}),
+     r"finetune\.inits\[2\]\.scheme: unknown weight-stats scheme 'per_param_mean_sdt'"),
 ])
 def test_malformed_grid(tmp_path, mutate, msg):
     g = _grid(tmp_path)
@@ -106,5 +113,24 @@ def test_out_under_a_file_is_refused_in_dry_run_too(tmp_path):
     p.write_text(yaml.safe_dump(_grid(tmp_path)))
     (tmp_path / "file").write_text("")
     for extra in ([], ["--dry-run"]):
-        with pytest.raises(UserError, match="cannot be created: .*file is not a directory"):
+        with pytest.raises(UserError, match="cannot be created: .*file is a file, not a directory"):
             experiment.main(["--grid", str(p), "--out", str(tmp_path / "file" / "out")] + extra)
+
+
+def test_grid_file_that_is_a_directory_or_not_utf8(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        experiment.load_grid(str(tmp_path))
+    p = tmp_path / "g.yaml"
+    p.write_bytes("name: d\xe9mo\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        experiment.load_grid(str(p))
+
+
+def test_missing_source_checkpoint_fails_before_anything_is_written(tmp_path):
+    g = _grid(tmp_path)
+    g["finetune"]["inits"][1]["source"] = str(tmp_path / "no_such_ckpt")
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(g))
+    with pytest.raises(UserError, match="source checkpoint .*no_such_ckpt does not exist"):
+        experiment.main(["--grid", str(p)])
+    assert not (tmp_path / "out").exists()

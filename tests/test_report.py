@@ -99,5 +99,12 @@ def test_unwritable_out_is_user_error(exp, tmp_path_factory):
     from synthpre_jax.errors import UserError
     blocker = tmp_path_factory.mktemp("x") / "a_file"
     blocker.write_text("")
-    with pytest.raises(UserError, match="cannot write the report to .*choose another --out"):
+    with pytest.raises(UserError, match="--out .*cannot be created: .*a_file is a file"):
         report.main([str(exp), "--out", str(blocker / "sub")])
+
+
+def test_damaged_run_json_is_user_error(exp):
+    from synthpre_jax.errors import UserError
+    (exp / "finetune" / "a" / "set" / "seed0" / "run.json").write_text("{bad")
+    with pytest.raises(UserError, match=r"run\.json is not readable JSON .*repair or remove it"):
+        report.main([str(exp)])

@@ -159,7 +159,9 @@ def test_other_bad_inputs_exit_2(tiny, tmp_path, capsys):
         (["--source", str(tmp_path / "none"), "--scheme", "mlp_scale", "--out",
           str(tmp_path / "o1")], f"--source {tmp_path / 'none'} does not exist"),
         (["--source", path, "--scheme", "mlp_scale", "--out",
-          str(busy / "keep.txt" / "o3")], "is not writable"),
+          str(busy / "keep.txt" / "o3")], "keep.txt is a file, not a directory"),
+        (["--source", str(busy / "keep.txt"), "--scheme", "mlp_scale", "--out",
+          str(tmp_path / "o5" / "a" / "b")], "no checkpoint found"),
         (["--source", path, "--scheme", "mlp_scale", "--out", str(tmp_path / "o2"),
           "--plot", str(tmp_path / "x.jpg")], ".png"),
     ]:
@@ -167,6 +169,13 @@ def test_other_bad_inputs_exit_2(tiny, tmp_path, capsys):
         assert rc == 2 and match in _error(err), err
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    assert not (tmp_path / "o5").exists()  # the parents it created are removed too
+    plot_dir = tmp_path / "dir.png"
+    plot_dir.mkdir()
+    rc, out, err = _run(["--source", path, "--scheme", "mlp_scale", "--out", str(tmp_path / "o6"),
+                         "--plot", str(plot_dir)], capsys)
+    assert rc == 2 and "is a directory; give a .png file name" in _error(err)
+    assert err.count("\n") == 1  # the error alone: no progress line before it
 
 
 def test_failure_after_out_is_claimed_leaves_nothing(tiny, tmp_path, capsys, monkeypatch):
