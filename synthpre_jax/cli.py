@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -70,8 +71,47 @@ def import_tensorflow_quietly() -> None:
             pass  # the command reports it where it needs TensorFlow
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """Orbax logs a failed background write with its traceback before the error reaches us and
+    is reported as one line; keep Orbax's message, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                record.exc_info, record.exc_text = None, None
+                break
+            tb = tb.tb_next
+        return True
+
+
+_NO_LIBRARY_TRACEBACKS = _NoLibraryTracebacks()
+
+
+def _quiet_closed_loop_noise(hook):
+    """After a failed write, TensorStore callbacks may still post to Orbax's closed asyncio loop;
+    Python prints each as an unraisable 'Event loop is closed' traceback. Those say nothing."""
+    def unraisablehook(info):
+        if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+            return
+        hook(info)
+    unraisablehook.quiet_closed_loop = True
+    return unraisablehook
+
+
+def quiet_library_noise() -> None:
+    """Install the two filters above (once): a failed checkpoint read or write is then the
+    command's one error line, not Orbax's traceback and asyncio's closed-loop echoes."""
+    absl_logger = logging.getLogger("absl")
+    if _NO_LIBRARY_TRACEBACKS not in absl_logger.filters:
+        absl_logger.addFilter(_NO_LIBRARY_TRACEBACKS)
+    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+        sys.unraisablehook = _quiet_closed_loop_noise(sys.unraisablehook)
+
+
 def run_guarded(fn: Callable[[list[str]], int], argv: Sequence[str]) -> int:
     """Run an entry point; a UserError becomes one line on stderr and exit code 2."""
+    quiet_library_noise()
     try:
         return int(fn(list(argv)) or 0)
     except UserError as e:

@@ -45,10 +45,10 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
         if a.startswith("--gin.") and a != "--gin.":
             body = a[len("--gin."):]
             if "=" not in body:
-                try:
-                    body = body + "=" + next(it)
-                except StopIteration:
-                    raise UserError(f"malformed binding {a!r}: use --gin.NAME=VALUE") from None
+                value = next(it, None)
+                if value is None or value.startswith("--"):
+                    raise UserError(f"{a} has no value: use --gin.NAME=VALUE") from None
+                body = body + "=" + value
             name, value = body.split("=", 1)
             out.append(f"--gin_bindings={name} = {value}")
         else:
@@ -87,8 +87,10 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
         try:
             gin.parse_config_file(f)
         except UnicodeDecodeError as e:
-            raise UserError(f"gin file {f} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                            "save it as UTF-8") from None
+            bad = _first_non_utf8(f, list(_search_paths(search_paths)) + default_search_paths())
+            where = f if bad in (None, f) else f"{bad} (included by {f})"
+            why = f" ({e.reason} at byte {e.start})" if bad in (None, f) and e.reason else ""
+            raise UserError(f"gin file {where} is not UTF-8 text{why}; save it as UTF-8") from None
         except Exception as e:  # gin raises many types; all are configuration mistakes here
             raise UserError(f"in gin file {f}: {_short(e)}{_gin_suggestion(str(e))}") from None
     for b in gin_bindings:
@@ -149,6 +151,30 @@ def _check_macros_are_used(gin_bindings: Sequence[str]) -> None:
             raise UserError(f"gin macro {name} is set but no binding uses it{hint}")
         print(f"warning: gin macro {name} is set but no binding of this config uses it",
               file=sys.stderr)
+
+
+_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""", re.M)
+
+
+def _first_non_utf8(path: str, search: Sequence[str], seen: Optional[set] = None) -> Optional[str]:
+    """The first file among `path` and the files it includes (recursively) that is not UTF-8;
+    gin's error names only the top-level file."""
+    seen = set() if seen is None else seen
+    if path in seen:
+        return None
+    seen.add(path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError:
+        return path
+    except OSError:
+        return None
+    for name in _INCLUDE.findall(text):
+        found = _resolve(name, [os.path.dirname(path)] + list(search))
+        if found and os.path.isfile(found) and (bad := _first_non_utf8(found, search, seen)):
+            return bad
+    return None
 
 
 def _gin_suggestion(text: str) -> str:

@@ -213,6 +213,10 @@ def train(*, model: Any, train_dataset_cfg: Any, partitioner: Any, model_dir: st
         state = manager.restore(latest, abstract)
         start = int(latest)
         progress.message(f"resuming from {model_dir} at step {start}")
+        if start >= total_steps:
+            progress.message(f"warning: MODEL_DIR is already at step {start}, at or past "
+                             f"TRAIN_STEPS={total_steps}: nothing to train (raise TRAIN_STEPS to "
+                             "continue, or give a new MODEL_DIR)")
     else:
         params = trainer.init_params(shapes, shardings)
         record = {"mode": "from_scratch"}
@@ -391,41 +395,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-class _NoLibraryTracebacks(logging.Filter):
-    """Orbax logs a failed background write with its traceback before the error reaches us and
-    is reported as one line; keep Orbax's message, drop the traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        tb = record.exc_info[2] if record.exc_info else None
-        while tb is not None:
-            if "orbax" in tb.tb_frame.f_code.co_filename:
-                record.exc_info, record.exc_text = None, None
-                break
-            tb = tb.tb_next
-        return True
-
-
-_NO_LIBRARY_TRACEBACKS = _NoLibraryTracebacks()
-
-
-def _quiet_closed_loop_noise(hook):
-    """After a failed write, TensorStore callbacks may still post to Orbax's closed asyncio loop;
-    Python prints each as an unraisable 'Event loop is closed' traceback. Those say nothing."""
-    def unraisablehook(info):
-        if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
-            return
-        hook(info)
-    unraisablehook.quiet_closed_loop = True
-    return unraisablehook
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if _NO_LIBRARY_TRACEBACKS not in logging.getLogger("absl").filters:
-        logging.getLogger("absl").addFilter(_NO_LIBRARY_TRACEBACKS)
-    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
-        sys.unraisablehook = _quiet_closed_loop_noise(sys.unraisablehook)
+    from synthpre_jax.cli import quiet_library_noise
+    quiet_library_noise()
     from synthpre_jax.partitioning import initialize_distributed
     initialize_distributed(args.multiprocess_gpu, args.coordinator_address, args.process_count,
                            args.process_index, cpu_collectives=args.cpu_collectives)

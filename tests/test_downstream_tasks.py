@@ -234,6 +234,14 @@ def test_cnndm_10k_subset_lowercase_and_splits(tmp_path, monkeypatch):
             task.get_dataset(LENGTHS, split="train", shuffle=False)
 
 
+def test_indices_file_that_is_a_directory_or_binary(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        fmt.read_indices_file(tmp_path)
+    (tmp_path / "bin.txt").write_bytes(b"\xfe\xff\x00\x01")
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        fmt.read_indices_file(tmp_path / "bin.txt")
+
+
 def test_subset_indices_and_indices_files(tmp_path):
     a = fmt.subset_indices(287113, seed=0)
     assert len(a) == 10000 == len(set(a.tolist())) and np.all(np.diff(a) > 0) and a[-1] < 287113

@@ -123,18 +123,25 @@ def codexglue_dataset(java: str | os.PathLike, cs: str | os.PathLike):
 def read_indices_file(path: str | os.PathLike) -> np.ndarray:
     """Example indices, one integer a line (blank lines and '#' comments ignored), sorted."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"indices file {path} is a directory; give a text file (one example "
+                        "index a line)")
     if not path.is_file():
         raise UserError(f"indices file {path} does not exist; give an existing file (one example "
                         "index a line) or leave it unset to use a seeded sample")
     values = []
-    for n, line in enumerate(_lines(path), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            values.append(int(text))
-        except ValueError:
-            raise UserError(f"{path}:{n}: {line!r} is not an integer example index") from None
+    try:
+        for n, line in enumerate(_lines(path), 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise UserError(f"{path}:{n}: {line[:60]!r} is not an integer example index") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"indices file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "give one example index a line") from None
     out = np.asarray(sorted(set(values)), dtype=np.int64)
     if len(out) != len(values):
         raise UserError(f"indices file {path} repeats {len(values) - len(out)} indices; each "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from synthpre_jax.data import downstream_formats as fmt
-from synthpre_jax import errors
+from synthpre_jax import errors, paths
 from synthpre_jax.errors import UserError, did_you_mean
 
 RELEASE_BASE = "https://storage.googleapis.com/n2formal-public-data/synthetic_pretraining/finetuning_data"
@@ -219,8 +219,12 @@ def main(argv: Sequence[str]) -> int:
     if args.source and task in TFDS_NAMES:
         raise UserError(f"--source does not apply to {task}: TFDS downloads it (for a local copy, "
                         "see TFDS's manual download directory)")
+    if not args.timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     out = Path(os.path.expanduser(args.out))
+    paths.check_dir_target(str(out), "--out")
     created = not out.exists()
+    before = paths.nearest_existing(str(out))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -235,7 +239,7 @@ def main(argv: Sequence[str]) -> int:
             report = prepare_file_task(task, out, args.source, args.timeout, args.skip_count_check)
     except BaseException:
         if created and not any(files for _, _, files in os.walk(out)):
-            shutil.rmtree(out, ignore_errors=True)  # ours and empty: leave no trace of the attempt
+            paths.remove_created(str(out), before)  # ours and empty: leave no trace of the attempt
         raise
     for line in report:
         print(line)

@@ -93,8 +93,9 @@ def _settings(args) -> dict:
 def _build(name: str, codec, settings: dict):
     try:
         return make_task(name, codec=codec, **settings)
-    except TypeError as e:  # a setting this task's constructor does not take
-        raise UserError(f"task {name} does not take these settings: {e}") from None
+    except TypeError as e:  # the names were checked (check_settings): a value of a wrong type
+        raise UserError(f"task {name}: a setting has a value of the wrong type ({e}); "
+                        "check the --config values") from None
     except ValueError as e:
         raise UserError(f"task {name}: {e}") from None
 

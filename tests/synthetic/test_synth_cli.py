@@ -82,6 +82,7 @@ def test_gen_output_file_is_complete(tmp_path, capsys):
     (["gen", "set", "--output", "/nonexistent_dir/x.txt"], "/nonexistent_dir is not a directory"),
     (["gen", "length", "--spm_path", "/nonexistent_dir/x.model"], "--spm_path /nonexistent_dir/x.model: No such file"),
     (["gen", "length", "--spm_path", __file__], "is not a SentencePiece model"),
+    (["gen", "union", "--config", 'num_tokens="abc"'], "a setting has a value of the wrong type"),
     (["gen", "union", "--config", "ordr=sorted"], "has no setting 'ordr' (did you mean 'order'?); its settings: length_range"),
 ])
 def test_gen_bad_input_is_one_line_exit_2(capsys, argv, needle):
