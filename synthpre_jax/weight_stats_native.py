@@ -98,6 +98,10 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     lib.ws_minmax_f32.argtypes = [_F32P, ctypes.c_int64, _F32P]
     lib.ws_minmax_f32.restype = None
+    lib.ws_minmax_gridsums_f32.argtypes = [_F32P, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                                           _F32P, ctypes.POINTER(ctypes.c_int32),
+                                           ctypes.POINTER(ctypes.c_double)]
+    lib.ws_minmax_gridsums_f32.restype = None
     for name in ("ws_grid_sum_f32", "ws_sqdev_sum_f32"):
         getattr(lib, name).restype = ctypes.c_double
     lib.ws_grid_sum_f32.argtypes = [_F32P, ctypes.c_int64, ctypes.c_float]
@@ -180,10 +184,17 @@ def _pieces(blocks: Sequence[np.ndarray]) -> list[tuple[Any, int]]:
     return out
 
 
-def _minmax_piece(ptr: Any, n: int) -> np.ndarray:
-    out = np.empty(3, np.float32)
-    library().ws_minmax_f32(ptr, n, out.ctypes.data_as(_F32P))
-    return out
+def _minmax_sums_piece(ptr: Any, n: int, bits: int) -> tuple:
+    """(max, min, non-finite, the piece's exponent e, grid sums at e, e + 1, e + 2)."""
+    hlb = np.empty(3, np.float32)
+    e = ctypes.c_int32()
+    sums = np.empty(3, np.float64)
+    library().ws_minmax_gridsums_f32(ptr, n, bits, _E_FLOOR, hlb.ctypes.data_as(_F32P),
+                                     ctypes.byref(e), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    return hlb[0], hlb[1], bool(hlb[2]), int(e.value), sums
+
+
+_E_FLOOR = -96  # weight_stats._tensor_sum_parts clamps the exponent there
 
 
 def _exponent(m: np.float32, floor: int) -> int:
@@ -199,15 +210,18 @@ def _per_tensor(results: list, owners: list[int], count: int) -> list[list]:
 
 def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
     """`weight_stats._tensor_sum_parts` of every tensor (the same values): (m, e, exact grid
-    sum, max, min) each, in two passes over the whole tree."""
+    sum, max, min) each. One read of the tree: each piece's max/min and its grid sums at its
+    own exponent and the two above it (from cache); only a piece whose max is below a quarter
+    of its tensor's is read again, at the tensor's exponent."""
     lib = library()
     pieces = [_pieces([b for b in _blocks(x) if len(b)]) for x in tensors]
     owners = [t for t, ps in enumerate(pieces) for _ in ps]
     flat = [p for ps in pieces for p in ps]
-    mm = _per_tensor(_run([(_minmax_piece, *p) for p in flat]), owners, len(tensors))
+    first = _per_tensor(_run([(_minmax_sums_piece, *p, bits[t]) for p, t in zip(flat, owners)]),
+                        owners, len(tensors))
     out: list[Any] = []
-    jobs, sum_owners = [], []
-    for t, parts in enumerate(mm):
+    jobs, redo_owners = [], []
+    for t, parts in enumerate(first):
         if not parts:  # an empty tensor
             out.append((np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf)))
             continue
@@ -217,14 +231,17 @@ def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
             out.append((np.float32(np.inf), 0, 0.0, hi, lo))
             continue
         m = np.maximum(hi, -lo)
-        e = _exponent(m, -96)
-        scale = np.float32(math.ldexp(1.0, bits[t] - e))
-        out.append([m, e, 0.0, hi, lo])
-        for ptr, n in pieces[t]:
-            jobs.append((lib.ws_grid_sum_f32, ptr, n, scale))
-            sum_owners.append(t)
-    for t, total in zip(sum_owners, _run(jobs)):
-        out[t][2] += total  # integers below 2**53: exact in any order
+        e = max(p[3] for p in parts)  # == _exponent(m, _E_FLOOR): frexp is monotonic
+        total = 0.0
+        for (ptr, n), (_, _, _, e_piece, sums) in zip(pieces[t], parts):
+            if e - e_piece <= 2:
+                total += sums[e - e_piece]  # integers below 2**53: exact in any order
+            else:
+                jobs.append((lib.ws_grid_sum_f32, ptr, n, np.float32(math.ldexp(1.0, bits[t] - e))))
+                redo_owners.append(t)
+        out.append([m, e, total, hi, lo])
+    for t, total in zip(redo_owners, _run(jobs)):
+        out[t][2] += total
     return [tuple(o) for o in out]
 
 

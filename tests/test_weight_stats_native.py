@@ -25,13 +25,17 @@ def _tensors():
             (rng.standard_normal((64, 33)) * 1e-20).astype(np.float32),  # tiny: deep exponents
             np.zeros((7,), np.float32),
             np.full((3, 3), -2.5, np.float32),
-            (rng.standard_normal((2, 3, 1000)) * 3e4).astype(np.float32)]
+            (rng.standard_normal((2, 3, 1000)) * 3e4).astype(np.float32),
+            # pieces (wn.TASK elements) whose max is 1/2, 1/4 and 1/1000 of the tensor's: the
+            # grid sums at the piece's exponent + 1 and + 2, and a second read at the tensor's
+            np.concatenate([rng.uniform(-s, s, wn.TASK) for s in (0.4, 0.2, 0.9e-3, 0.8)]
+                           ).astype(np.float32).reshape(4, -1)]
 
 
 @needs_kernels
 def test_statistics_are_bit_identical_to_the_xla_programs(monkeypatch):
     tensors = [jax.device_put(x) for x in _tensors()]
-    groups = [[0], [1, 2], [3], [4], [5]]
+    groups = [[0], [1, 2], [3], [4], [5], [6]]
     assert wn.usable(tensors)
     native = ws.group_statistics(tensors, groups)
     monkeypatch.setattr(wn, "library", lambda: None)

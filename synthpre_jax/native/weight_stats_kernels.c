@@ -39,6 +39,35 @@ double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
     return (double)s;
 }
 
+/* One read of a piece of a tensor for two statistics: max/min/non-finite (as ws_minmax_f32),
+ * then, from cache, the grid sums at the piece's own exponent e (|x| < 2**e, at least
+ * floor_e) and at e + 1 and e + 2. The tensor's exponent is the largest of its pieces', so a
+ * piece whose max is within a factor 4 of the tensor's (nearly all of them) needs no second
+ * read from memory. */
+void ws_minmax_gridsums_f32(const float *x, int64_t n, int32_t bits, int32_t floor_e,
+                            float *hi_lo_bad, int32_t *e_out, double *sums3) {
+    ws_minmax_f32(x, n, hi_lo_bad);
+    sums3[0] = sums3[1] = sums3[2] = 0.0;
+    *e_out = floor_e;
+    if (hi_lo_bad[2] != 0.0f) return;
+    float m = hi_lo_bad[0] > -hi_lo_bad[1] ? hi_lo_bad[0] : -hi_lo_bad[1];
+    int e;
+    frexpf(m, &e);
+    if (e < floor_e) e = floor_e;
+    *e_out = e;
+    const float s0 = ldexpf(1.0f, bits - e), s1 = ldexpf(1.0f, bits - e - 1),
+                s2 = ldexpf(1.0f, bits - e - 2);
+    int64_t a0 = 0, a1 = 0, a2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        a0 += (int32_t)rintf(x[i] * s0);
+        a1 += (int32_t)rintf(x[i] * s1);
+        a2 += (int32_t)rintf(x[i] * s2);
+    }
+    sums3[0] = (double)a0;
+    sums3[1] = (double)a1;
+    sums3[2] = (double)a2;
+}
+
 /* sum of rint(((x - mu) * kscale)**2 * scale) (see _tensor_squared_deviation_parts). */
 double ws_sqdev_sum_f32(const float *x, int64_t n, float mu, float kscale, float scale) {
     int64_t s = 0;
