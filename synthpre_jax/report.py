@@ -92,7 +92,7 @@ def _pick_metric(metrics: dict, wanted: Optional[str]) -> str:
 def percent_of_benefit(method: float, random: float, natural: float) -> float:
     """(method - random) / (natural - random) * 100; NaN when natural == random."""
     denom = natural - random
-    return float("nan") if denom == 0 else 100.0 * (method - random) / denom
+    return float("nan") if denom == 0 else 100.0 * (method - random) / denom + 0.0  # no "-0%"
 
 
 def build_table(runs: list[dict], random_init: str = "random", natural: Optional[str] = None) -> dict:

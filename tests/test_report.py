@@ -108,3 +108,7 @@ def test_damaged_run_json_is_user_error(exp):
     (exp / "finetune" / "a" / "set" / "seed0" / "run.json").write_text("{bad")
     with pytest.raises(UserError, match=r"run\.json is not readable JSON .*repair or remove it"):
         report.main([str(exp)])
+
+
+def test_no_negative_zero_benefit():
+    assert str(percent_of_benefit(36.0, 36.0, 27.0)) == "0.0"
