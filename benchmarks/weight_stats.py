@@ -74,21 +74,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def _aligned_empty(shape: tuple, align: int = 64) -> np.ndarray:
-    """A float32 array at a 64-byte boundary, as `checkpoints.load_params` returns large
-    tensors (TensorStore's allocations); JAX's CPU client adopts such arrays without a copy,
-    while NumPy's own 16-byte-aligned ones are copied (0.4 s for this tree)."""
-    n = int(np.prod(shape))
-    raw = np.empty(4 * n + align, np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + 4 * n].view(np.float32).reshape(shape)
-
-
 def build_trees(dims: dict, seed: int = 0) -> tuple[dict, dict]:
     rng = np.random.default_rng(seed)
     src, fresh = {}, {}
     for name, shape in t5_param_shapes(**dims).items():
-        x = _aligned_empty(shape)
+        x = wn.aligned_empty(shape)  # as checkpoints.load_params returns large tensors
         x[...] = rng.standard_normal(shape, dtype=np.float32)
         x *= np.float32(0.05 if "norm" not in name else 0.1)
         if "norm" in name:
@@ -180,19 +170,18 @@ def measure_scheme(source: dict, fresh: dict, scheme: str, repeats: int, rng_s: 
     jax.block_until_ready(ws.transform(source, _copy_tree(fresh), scheme, 0, donate_fresh=True))
     first = time.perf_counter() - t
 
-    times, cpus, xla_times = [], [], []
-    for _ in range(repeats):  # compiled kernels and XLA programs alternately
-        for kernels in (True, False) if wn.library() is not None else (False,):
+    variants = (True, False) if wn.library() is not None else (False,)  # kernels on/off
+    runs: dict[bool, list] = {on: [] for on in variants}
+    for _ in range(repeats):  # alternately, so that load changes hit both alike
+        for on in variants:
             donated = _copy_tree(fresh)
             cpu: list = []
-            with _kernels(kernels):
+            with _kernels(on):
                 t = best(lambda d=donated: jax.block_until_ready(
                     ws.transform(source, d, scheme, 1, donate_fresh=True)), 1, cpu)
-            (times if kernels or wn.library() is None else xla_times).append(t)
-            if kernels or wn.library() is None:
-                cpus.append(cpu[0])
-    steady, steady_cpu = min(zip(times, cpus))
-    steady_xla = min(xla_times) if xla_times else steady
+            runs[on].append((t, cpu[0]))
+    steady, steady_cpu = min(runs[variants[0]])
+    steady_xla = min(runs[False])[0]
     keep = best(lambda: jax.block_until_ready(ws.transform(source, fresh, scheme, 1)), repeats)
     order = sorted(paths)
     placed = [jax.device_put(flat_src[p]) for p in order]  # as the transform places them

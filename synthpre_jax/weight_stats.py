@@ -342,13 +342,6 @@ def _sampler(rule: str, dtype: str, sharding: Any, donate: bool):
     return run
 
 
-def _host_key_words(keys: np.ndarray) -> np.ndarray:
-    """`counter_rng.key_words` of every tensor's key data, on the host: [n, 2] uint32."""
-    k = keys.reshape(len(keys), -1).astype(np.uint32)
-    return np.stack([np.bitwise_xor.reduce(k[:, 0::2], axis=1),
-                     np.bitwise_xor.reduce(k[:, 1::2], axis=1)], axis=1)
-
-
 def _rule(scheme: Scheme, group: Group) -> str:
     if scheme.statistic == "mean_std":
         return "N(mu,sigma)"
@@ -386,8 +379,8 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
             sharding = like.sharding if on_device else default
             donate = donate_fresh and on_device
             if rule != "const(mu)" and weight_stats_native.can_draw(like.dtype, sharding):
-                if host_words is None:
-                    host_words = _host_key_words(np.asarray(keys))
+                if host_words is None:  # counter_rng's two words of every tensor's key
+                    host_words = np.stack(jax.device_get(jax.vmap(counter_rng.key_words)(keys)), 1)
                 k0, k1 = host_words[index[p]]
                 native_draws[p] = dict(
                     shape=tuple(np.shape(like)), sharding=sharding, k0=k0, k1=k1, rule=rule,

@@ -176,12 +176,14 @@ def _run(jobs: Sequence[tuple]) -> list:
 
 
 def _pieces(blocks: Sequence[np.ndarray]) -> list[tuple[Any, int]]:
-    """(pointer, length) pieces of TASK elements or fewer covering every block."""
-    out = []
-    for b in blocks:
-        for start in range(0, len(b), TASK):
-            out.append((ctypes.cast(b.ctypes.data + 4 * start, _F32P), min(TASK, len(b) - start)))
-    return out
+    """(pointer, length) pieces of TASK elements or fewer covering every block. Each pointer
+    holds a reference to its slice (`ndarray.ctypes.data_as`), so a block that `_blocks`
+    had to copy stays alive until the kernels have read it."""
+    return [(b[start:start + TASK].ctypes.data_as(_F32P), min(TASK, len(b) - start))
+            for b in blocks for start in range(0, len(b), TASK)]
+
+
+_E_FLOOR = -96  # weight_stats._tensor_sum_parts clamps the exponent there
 
 
 def _minmax_sums_piece(ptr: Any, n: int, bits: int) -> tuple:
@@ -192,9 +194,6 @@ def _minmax_sums_piece(ptr: Any, n: int, bits: int) -> tuple:
     library().ws_minmax_gridsums_f32(ptr, n, bits, _E_FLOOR, hlb.ctypes.data_as(_F32P),
                                      ctypes.byref(e), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
     return hlb[0], hlb[1], bool(hlb[2]), int(e.value), sums
-
-
-_E_FLOOR = -96  # weight_stats._tensor_sum_parts clamps the exponent there
 
 
 def _exponent(m: np.float32, floor: int) -> int:
@@ -266,36 +265,13 @@ def squared_deviation_parts_all(tensors: Sequence[Any], mus: Sequence[Any], his:
     return [tuple(o) for o in out]
 
 
-_HUGE = 2 << 20  # bytes of a transparent huge page on x86-64 and most arm64 kernels
-_MADV_HUGEPAGE = 14
-
-
-@functools.lru_cache(maxsize=1)
-def _madvise() -> Optional[Any]:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 array on a 64-byte boundary (XLA's CPU client adopts such a buffer without a
-    copy in `jax.device_put`). A large one starts on a 2 MiB boundary and asks the kernel for
-    transparent huge pages: its first touch then costs one page fault per 2 MiB instead of
-    per 4 KiB (~0.1 s less for a T5-base tree here, where THP is 'madvise')."""
+def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 array on a 64-byte boundary: XLA's CPU client adopts such a buffer without a
+    copy in `jax.device_put` (NumPy's own 16-byte-aligned arrays are copied)."""
     n = math.prod(shape)
-    nbytes = 4 * n
-    align = _HUGE if nbytes >= 2 * _HUGE else 64
-    raw = np.empty(nbytes + align, np.uint8)
-    off = -raw.ctypes.data % align
-    out = raw[off:off + nbytes].view(np.float32).reshape(shape)
-    if align == _HUGE and (madvise := _madvise()) is not None:
-        madvise(raw.ctypes.data + off, nbytes - nbytes % _HUGE, _MADV_HUGEPAGE)  # a hint only
-    return out
+    raw = np.empty(4 * n + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + 4 * n].view(np.float32).reshape(shape)
 
 
 def _row_bases(shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[np.ndarray, int]:
@@ -321,15 +297,10 @@ def _fill_jobs(out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int
     flat = out.reshape(-1)
     jobs = []
     for r0 in range(0, len(bases), rows):
-        b = bases[r0:r0 + rows]
+        b = bases[r0:r0 + rows]  # data_as pointers hold references to their arrays
         jobs.append((lib.ws_draw_f32, flat[r0 * rowlen:].ctypes.data_as(_F32P),
-                     b.ctypes.data_as(_I64P), len(b), rowlen, k0, k1, rule, mu, sigma, b))
+                     b.ctypes.data_as(_I64P), len(b), rowlen, k0, k1, rule, mu, sigma))
     return jobs
-
-
-def _draw_job(fn, out, bases, nrows, rowlen, k0, k1, rule, mu, sigma, keep) -> None:
-    del keep  # holds the bases array alive until the job has run
-    fn(out, bases, nrows, rowlen, k0, k1, rule, mu, sigma)
 
 
 @functools.lru_cache(maxsize=64)
@@ -374,10 +345,12 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
         drawn: dict[tuple, np.ndarray] = {}
         copies: list[tuple[np.ndarray, np.ndarray]] = []
         if target is not None:
+            devices = None
             slots = [(s.index, _buffer_view(s.data, s.index, shape)) for s in target.addressable_shards]
         else:
-            slots = [(index, None) for index in
-                     r["sharding"].addressable_devices_indices_map(shape).values()]
+            index_map = r["sharding"].addressable_devices_indices_map(shape)
+            devices = list(index_map)
+            slots = [(index, None) for index in index_map.values()]
         outs = []
         for index, view in slots:
             key = _shard_key(index, shape)
@@ -386,22 +359,21 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
                     copies.append((view, drawn[key]))
                 outs.append(drawn[key] if view is None else view)
                 continue
-            out = view if view is not None else _aligned_empty(tuple(b - a for a, b in key))
+            out = view if view is not None else aligned_empty(tuple(b - a for a, b in key))
             if out.size:
                 bases, rowlen = _row_bases(shape, index)
                 jobs += _fill_jobs(out, bases, rowlen, *params)
             drawn[key] = out
             outs.append(out)
-        finish.append((r, target, outs, copies))
-    _run([(_draw_job, *job) for job in jobs])
+        finish.append((r, target, devices, outs, copies))
+    _run(jobs)
     results = []
-    for r, target, outs, copies in finish:
+    for r, target, devices, outs, copies in finish:
         for dst, src in copies:
             np.copyto(dst, src)
         if target is not None:
             results.append(target)
             continue
-        devices = r["sharding"].addressable_devices_indices_map(tuple(r["shape"])).keys()
         results.append(jax.make_array_from_single_device_arrays(
             tuple(r["shape"]), r["sharding"],
             [jax.device_put(o, d) for o, d in zip(outs, devices)]))
