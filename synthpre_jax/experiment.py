@@ -335,11 +335,7 @@ def main(argv: list[str]) -> int:
     _check_out_dir(out)
     check_runs(runs)
     if not args.dry_run:
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the output directory {out}: {e.strerror or e}; "
-                            "choose another --out") from None
+        os.makedirs(out, exist_ok=True)  # creatable: _check_out_dir made sure
         with open(os.path.join(out, "grid.json"), "w", encoding="utf-8") as f:
             json.dump(grid, f, indent=1)
     failures = run_grid(runs, dry_run=args.dry_run)

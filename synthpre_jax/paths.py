@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+
+from synthpre_jax.errors import UserError
 
 
 def make_writable_dir(path: str) -> None:
@@ -21,15 +25,9 @@ def check_dir_target(path: str, what: str) -> None:
     """Raise one UserError line when `path` cannot become a directory of ours: it is a file,
     a parent is a file, or nothing can be created where it would go (e.g. under /proc). Leaves
     nothing behind, so commands can check their output directory before any slow work."""
-    import tempfile
-
-    from synthpre_jax.errors import UserError
-
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} is a file, not a directory; choose another directory")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(path)
     if not os.path.isdir(parent):
         raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a directory; "
                         "choose another directory")
@@ -45,8 +43,6 @@ def remove_created(path: str, existed_before: str) -> None:
     """Remove `path` and every parent up to (not including) `existed_before`, the nearest
     ancestor that existed before the command created the rest: a failed command leaves no
     empty directory chain behind."""
-    import shutil
-
     top = os.path.abspath(path)
     stop = os.path.abspath(existed_before)
     while os.path.dirname(top) != stop and os.path.dirname(top) != top:

@@ -263,11 +263,7 @@ def main(argv: list[str]) -> int:
     _check_init_names(runs, args, natural)
     table = build_table(runs, args.random, natural)
     out = args.out or args.exp_dirs[0]
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write the report to {out}: {e.strerror or e}; "
-                        "choose another --out") from None
+    os.makedirs(out, exist_ok=True)  # creatable: checked above (--out) or exists (EXP_DIR)
     md = to_markdown(table, args.title)
     pngs = plot(runs, table, out)
     md += "\n" + "\n".join(f"![{os.path.basename(x)}]({os.path.basename(x)})" for x in pngs) + "\n"

@@ -28,8 +28,7 @@ import gin
 import jax
 import numpy as np
 
-from synthpre_jax import gin_utils
-from synthpre_jax import errors
+from synthpre_jax import errors, gin_utils
 from synthpre_jax.errors import UserError
 from synthpre_jax.paths import make_writable_dir
 

@@ -30,7 +30,8 @@ import numpy as np
 from synthpre_jax import errors
 from synthpre_jax.errors import UserError
 from synthpre_jax.synthetic.base import generate_range, key_bytes
-from synthpre_jax.synthetic.codec import SPM_ENV_VAR, SentencePieceCodec, resolve_codec
+from synthpre_jax.synthetic.codec import (SPM_ENV_VAR, SentencePieceCodec, load_sentencepiece,
+                                          resolve_codec)
 from synthpre_jax.synthetic.ragged import take_rows
 from synthpre_jax.synthetic.registry import (ALIASES, check_name, check_settings, make_task,
                                              task_names)
@@ -163,8 +164,7 @@ def _explicit_codec(path: str) -> SentencePieceCodec:
         raise UserError(f"--spm_path {path}: 'synthpre gen' reads local files only; copy the model "
                         "to this machine and pass its path")
     try:
-        with open(path, "rb") as f:
-            return SentencePieceCodec.from_bytes(f.read())
+        return load_sentencepiece(path)
     except OSError as e:
         raise UserError(f"--spm_path {path}: {e.strerror or e}; give a local SentencePiece "
                         ".model file") from None

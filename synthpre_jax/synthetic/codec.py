@@ -260,6 +260,20 @@ def warn_fallback_once(path: str, why: str) -> None:
 _CODECS: dict[str, Codec] = {}
 
 
+def load_sentencepiece(path: str, reader: Optional[Callable[[str], bytes]] = None
+                       ) -> SentencePieceCodec:
+    """The model at `path` (local, or remote through `reader`); raises OSError when it cannot
+    be read, and whatever sentencepiece raises when the bytes are not a model."""
+    if "://" not in path:
+        with open(path, "rb") as f:
+            model = f.read()
+    elif reader is not None:
+        model = reader(path)
+    else:
+        raise OSError("remote path and no reader")
+    return SentencePieceCodec.from_bytes(model)
+
+
 def resolve_codec(path: Optional[str] = None,
                   reader: Optional[Callable[[str], bytes]] = None) -> Codec:
     """The codec for `path` (see `configured_spm_path`), cached per path.
@@ -273,14 +287,7 @@ def resolve_codec(path: Optional[str] = None,
         return _CODECS[path]
     codec: Codec
     try:
-        if "://" not in path:
-            with open(path, "rb") as f:
-                model = f.read()
-        elif reader is not None:
-            model = reader(path)
-        else:
-            raise OSError("remote path and no reader")
-        codec = SentencePieceCodec.from_bytes(model)
+        codec = load_sentencepiece(path, reader)
     except Exception as e:  # any failure to obtain the model means: fall back
         warn_fallback_once(path, f"{type(e).__name__}: {str(e)[:120]}")
         codec = FallbackCodec()
