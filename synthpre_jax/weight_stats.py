@@ -12,7 +12,8 @@ groupings and schemes. Differences from the release, all deliberate:
   (only scalars reach the host), and each new tensor is drawn by a jitted program whose output
   has the fresh tensor's sharding: each device draws only its own shard, and the values equal
   the single-device draw. A host (NumPy) source is placed shard by shard like the fresh
-  tensor. No full copy of a sharded tensor is gathered;
+  tensor (on one CPU process the compiled kernels read it where it is). No full copy of a
+  sharded tensor is gathered;
 * statistics are two-pass (group mean, then the mean of squared deviations from it) over
   exact, order-independent per-tensor sums (see `_grid_sum`), so they do not change
   with the sharding either; the tests check them against NumPy float64.
@@ -362,7 +363,9 @@ def transform_with_report(source_params: Params, fresh_params: Params, scheme: S
 
     order = natural_sorted(p for g in groups for p in g.paths)  # shares programs across schemes
     index = {p: i for i, p in enumerate(order)}
-    src = tuple(_place(src_flat[p], fresh_flat[p]) for p in order)
+    src = tuple(src_flat[p] for p in order)
+    if not weight_stats_native.usable(src):  # the CPU kernels read host arrays where they are
+        src = tuple(_place(x, fresh_flat[p]) for x, p in zip(src, order))
     rules = [_rule(scheme, g) for g in groups]
     default = _default_sharding(list(fresh_flat.values()))
     mus, sigmas = group_statistics(src, [[index[p] for p in g.paths] for g in groups], order)

@@ -16,6 +16,7 @@ The token embedding and the untied `decoder/logits_dense/kernel` are never offer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -57,8 +58,10 @@ class Group:
 Grouping = Callable[[Sequence[str]], list[Group]]
 
 
+@functools.lru_cache(maxsize=65536)
 def natural_key(name: str) -> tuple:
-    """Sort key that puts layers_10 after layers_9 (plain sorting would not)."""
+    """Sort key that puts layers_10 after layers_9 (plain sorting would not). Cached: a
+    transform sorts the same few hundred names several times."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 

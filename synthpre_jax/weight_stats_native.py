@@ -3,7 +3,8 @@
 On a CPU the transform is bound by arithmetic and memory passes that XLA:CPU does not fuse
 well (two reductions over one input run at 1.1 ns per element; the hash and the inverse CDF
 fused in one loop spill vector registers). `native/weight_stats_kernels.c` does each pass in
-one vectorised loop, on as many threads as the process may use:
+one vectorised loop, on as many threads as the process may use (threads started in C for
+each pass, so Python's GIL is not in the way):
 
 * statistics: the same float32 operations as the XLA programs of `weight_stats`, summed as
   integers, so every result is bit-identical to the XLA path (tests check this);
@@ -21,7 +22,6 @@ turns the kernels off.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -43,10 +43,8 @@ SOURCE = Path(__file__).resolve().parent / "native" / "weight_stats_kernels.c"
 # -ffp-contract=off: no FMA contraction, so float32 results are XLA's; -fno-trapping-math and
 # -fno-math-errno let the selects and sqrt vectorise without changing any value.
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-         "-fno-strict-aliasing", "-fPIC", "-shared")
-TASK = 1 << 18  # elements per task: ~1 ms of work, so hand-offs (~10 us) stay cheap
-_F32P = ctypes.POINTER(ctypes.c_float)
-_I64P = ctypes.POINTER(ctypes.c_int64)
+         "-fno-strict-aliasing", "-fPIC", "-shared", "-pthread")
+TASK = 1 << 18  # elements per job: ~80 us to read, ~0.4 ms to draw; hand-offs cost ~0.1 us
 
 
 def _cpu_features() -> str:
@@ -96,20 +94,14 @@ def library() -> Optional[ctypes.CDLL]:
     except (OSError, subprocess.SubprocessError) as e:
         log.info("weight-stats native kernels unavailable (%s); using the XLA programs", e)
         return None
-    lib.ws_minmax_f32.argtypes = [_F32P, ctypes.c_int64, _F32P]
-    lib.ws_minmax_f32.restype = None
-    lib.ws_minmax_gridsums_f32.argtypes = [_F32P, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
-                                           _F32P, ctypes.POINTER(ctypes.c_int32),
-                                           ctypes.POINTER(ctypes.c_double)]
-    lib.ws_minmax_gridsums_f32.restype = None
-    for name in ("ws_grid_sum_f32", "ws_sqdev_sum_f32"):
-        getattr(lib, name).restype = ctypes.c_double
-    lib.ws_grid_sum_f32.argtypes = [_F32P, ctypes.c_int64, ctypes.c_float]
-    lib.ws_sqdev_sum_f32.argtypes = [_F32P, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
-                                     ctypes.c_float]
-    lib.ws_draw_f32.argtypes = [_F32P, _I64P, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
-                                ctypes.c_uint32, ctypes.c_int, ctypes.c_float, ctypes.c_float]
-    lib.ws_draw_f32.restype = None
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.ws_pass_minmax_gridsums.argtypes = [ctypes.c_int, i64, ptr, ptr, ptr, ctypes.c_int32, ptr,
+                                            ptr, ptr]
+    lib.ws_pass_grid_sum.argtypes = [ctypes.c_int, i64, ptr, ptr, ptr, ptr]
+    lib.ws_pass_sqdev.argtypes = [ctypes.c_int, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.ws_pass_draw.argtypes = [ctypes.c_int, i64] + [ptr] * 9
+    for name in ("ws_pass_minmax_gridsums", "ws_pass_grid_sum", "ws_pass_sqdev", "ws_pass_draw"):
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -117,12 +109,6 @@ def library() -> Optional[ctypes.CDLL]:
 def _workers() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, n or 1)
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    # ctypes releases the GIL during each call, so the threads run the kernels in parallel
-    return concurrent.futures.ThreadPoolExecutor(_workers(), "ws-native")
 
 
 def _is_cpu_f32(x: Any) -> bool:
@@ -166,45 +152,34 @@ def _blocks(x: Any) -> list[np.ndarray]:
     return out
 
 
-def _run(jobs: Sequence[tuple]) -> list:
-    """fn(*args) for every (fn, *args) in `jobs`, on the pool (one hand-off for a whole pass
-    over the tree: per-tensor hand-offs and their stragglers cost more than the work of the
-    small tensors)."""
-    if len(jobs) <= 1:
-        return [job[0](*job[1:]) for job in jobs]
-    return list(_pool().map(lambda job: job[0](*job[1:]), jobs))
+def _addresses(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.array([a.ctypes.data for a in arrays], np.uint64)
 
 
-def _pieces(blocks: Sequence[np.ndarray]) -> list[tuple[Any, int]]:
-    """(pointer, length) pieces of TASK elements or fewer covering every block. Each pointer
-    holds a reference to its slice (`ndarray.ctypes.data_as`), so a block that `_blocks`
-    had to copy stays alive until the kernels have read it."""
-    return [(b[start:start + TASK].ctypes.data_as(_F32P), min(TASK, len(b) - start))
-            for b in blocks for start in range(0, len(b), TASK)]
+def _piece_table(tensor_blocks: Sequence[Sequence[np.ndarray]]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pieces of TASK elements or fewer covering every block: (addresses, lengths, owning
+    tensor). The caller keeps `tensor_blocks` alive until the kernels have read them (a block
+    may be a copy that `_blocks` made)."""
+    addrs, lens, owners = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for t, blocks in enumerate(tensor_blocks):
+        for b in blocks:
+            starts = np.arange(0, len(b), TASK, dtype=np.int64)
+            addrs.append(np.uint64(b.ctypes.data) + 4 * starts.astype(np.uint64))
+            lens.append(np.minimum(TASK, len(b) - starts))
+            owners.append(np.full(len(starts), t, np.int64))
+    return np.concatenate(addrs), np.concatenate(lens), np.concatenate(owners)
+
+
+def _p(a: np.ndarray) -> int:
+    return a.ctypes.data
 
 
 _E_FLOOR = -96  # weight_stats._tensor_sum_parts clamps the exponent there
 
 
-def _minmax_sums_piece(ptr: Any, n: int, bits: int) -> tuple:
-    """(max, min, non-finite, the piece's exponent e, grid sums at e, e + 1, e + 2)."""
-    hlb = np.empty(3, np.float32)
-    e = ctypes.c_int32()
-    sums = np.empty(3, np.float64)
-    library().ws_minmax_gridsums_f32(ptr, n, bits, _E_FLOOR, hlb.ctypes.data_as(_F32P),
-                                     ctypes.byref(e), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
-    return hlb[0], hlb[1], bool(hlb[2]), int(e.value), sums
-
-
 def _exponent(m: np.float32, floor: int) -> int:
     return max(int(np.frexp(np.float32(m))[1]), floor)
-
-
-def _per_tensor(results: list, owners: list[int], count: int) -> list[list]:
-    grouped: list[list] = [[] for _ in range(count)]
-    for r, t in zip(results, owners):
-        grouped[t].append(r)
-    return grouped
 
 
 def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
@@ -213,34 +188,44 @@ def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
     own exponent and the two above it (from cache); only a piece whose max is below a quarter
     of its tensor's is read again, at the tensor's exponent."""
     lib = library()
-    pieces = [_pieces([b for b in _blocks(x) if len(b)]) for x in tensors]
-    owners = [t for t, ps in enumerate(pieces) for _ in ps]
-    flat = [p for ps in pieces for p in ps]
-    first = _per_tensor(_run([(_minmax_sums_piece, *p, bits[t]) for p, t in zip(flat, owners)]),
-                        owners, len(tensors))
+    blocks = [[b for b in _blocks(x) if len(b)] for x in tensors]
+    addrs, lens, owners = _piece_table(blocks)
+    jobs = len(lens)
+    hlb = np.empty((jobs, 3), np.float32)
+    e_piece = np.empty(jobs, np.int32)
+    sums = np.empty((jobs, 3), np.float64)
+    piece_bits = np.asarray(bits, np.int32)[owners]
+    lib.ws_pass_minmax_gridsums(_workers(), jobs, _p(addrs), _p(lens), _p(piece_bits), _E_FLOOR,
+                                _p(hlb), _p(e_piece), _p(sums))
     out: list[Any] = []
-    jobs, redo_owners = [], []
-    for t, parts in enumerate(first):
-        if not parts:  # an empty tensor
+    redo: list[int] = []
+    bounds = np.searchsorted(owners, np.arange(len(tensors) + 1))
+    for t in range(len(tensors)):
+        a, b = bounds[t], bounds[t + 1]
+        if a == b:  # an empty tensor
             out.append((np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf)))
             continue
-        hi = np.float32(max(p[0] for p in parts))
-        lo = np.float32(min(p[1] for p in parts))
-        if any(p[2] for p in parts):  # inf or NaN: the caller reports the tensor
+        hi, lo = np.float32(hlb[a:b, 0].max()), np.float32(hlb[a:b, 1].min())
+        if hlb[a:b, 2].any():  # inf or NaN: the caller reports the tensor
             out.append((np.float32(np.inf), 0, 0.0, hi, lo))
             continue
-        m = np.maximum(hi, -lo)
-        e = max(p[3] for p in parts)  # == _exponent(m, _E_FLOOR): frexp is monotonic
-        total = 0.0
-        for (ptr, n), (_, _, _, e_piece, sums) in zip(pieces[t], parts):
-            if e - e_piece <= 2:
-                total += sums[e - e_piece]  # integers below 2**53: exact in any order
-            else:
-                jobs.append((lib.ws_grid_sum_f32, ptr, n, np.float32(math.ldexp(1.0, bits[t] - e))))
-                redo_owners.append(t)
-        out.append([m, e, total, hi, lo])
-    for t, total in zip(redo_owners, _run(jobs)):
-        out[t][2] += total
+        e = int(e_piece[a:b].max())  # == _exponent(max |x|, _E_FLOOR): frexp is monotonic
+        shift = e - e_piece[a:b]
+        near = shift <= 2
+        # integers below 2**53: exact in any order
+        total = float(sums[a:b][near, shift[near]].sum())
+        redo += [i for i in range(a, b) if not near[i - a]]
+        out.append([np.maximum(hi, -lo), e, total, hi, lo])
+    if redo:
+        redo_idx = np.array(redo, np.int64)
+        scale = np.array([math.ldexp(1.0, bits[owners[i]] - out[owners[i]][1]) for i in redo],
+                         np.float32)
+        totals = np.empty(len(redo), np.float64)
+        r_addrs, r_lens = addrs[redo_idx], lens[redo_idx]
+        lib.ws_pass_grid_sum(_workers(), len(redo), _p(r_addrs), _p(r_lens), _p(scale),
+                             _p(totals))
+        for i, total in zip(redo, totals):
+            out[owners[i]][2] += float(total)
     return [tuple(o) for o in out]
 
 
@@ -249,18 +234,21 @@ def squared_deviation_parts_all(tensors: Sequence[Any], mus: Sequence[Any], his:
     """`weight_stats._tensor_squared_deviation_parts` of every tensor (the same values):
     (m, k, exact grid sum) each, in one pass over the whole tree."""
     lib = library()
-    out, jobs, owners = [], [], []
-    for t, x in enumerate(tensors):
+    out = []
+    params = np.empty((len(tensors), 3), np.float32)  # mu, 2**-k, 2**bits
+    for t in range(len(tensors)):
         mu = np.float32(mus[t])
         m = np.maximum(np.float32(his[t] - mu), np.float32(mu - los[t]))
         k = _exponent(m, -100)
-        kscale = np.float32(math.ldexp(1.0, -k))
-        scale = np.float32(math.ldexp(1.0, bits[t]))
+        params[t] = (mu, math.ldexp(1.0, -k), math.ldexp(1.0, bits[t]))
         out.append([m, k, 0.0])
-        for ptr, n in _pieces([b for b in _blocks(x) if len(b)]):
-            jobs.append((lib.ws_sqdev_sum_f32, ptr, n, mu, kscale, scale))
-            owners.append(t)
-    for t, total in zip(owners, _run(jobs)):
+    blocks = [[b for b in _blocks(x) if len(b)] for x in tensors]
+    addrs, lens, owners = _piece_table(blocks)
+    mu, kscale, scale = (np.ascontiguousarray(params[owners, j]) for j in range(3))
+    totals = np.empty(len(lens), np.float64)
+    lib.ws_pass_sqdev(_workers(), len(lens), _p(addrs), _p(lens), _p(mu), _p(kscale), _p(scale),
+                      _p(totals))
+    for t, total in zip(owners.tolist(), totals.tolist()):
         out[t][2] += total
     return [tuple(o) for o in out]
 
@@ -275,11 +263,15 @@ def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _row_bases(shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[np.ndarray, int]:
-    """Global flat index of the first element of every row (last axis) of the shard `index`
-    of a tensor of `shape`, and the row length."""
+    """Global flat index of the first element of every row of the shard `index` of a tensor
+    of `shape`, and the row length. A row is the longest contiguous run: trailing axes the
+    shard covers whole are merged into it (an unsharded tensor is one row)."""
     if not shape:
         return np.zeros(1, np.int64), 1
     bounds = [s.indices(d)[:2] for s, d in zip(index, shape)]
+    while len(shape) > 1 and bounds[-1] == (0, shape[-1]):  # merge a whole last axis
+        (a, b), d = bounds[-2], shape[-1]
+        shape, bounds = shape[:-2] + (shape[-2] * d,), bounds[:-2] + [(a * d, b * d)]
     strides = np.cumprod((1,) + shape[:0:-1])[::-1]  # row-major element strides
     base = np.array(bounds[-1][0], np.int64).reshape(())
     for axis in range(len(shape) - 2, -1, -1):
@@ -289,18 +281,53 @@ def _row_bases(shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[np.nda
     return base.reshape(-1), bounds[-1][1] - bounds[-1][0]
 
 
-def _fill_jobs(out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
-               mu: np.float32, sigma: np.float32) -> list[tuple]:
-    """`_run` jobs that draw the rows `bases` (each `rowlen` long) into `out`."""
-    lib = library()
-    rows = max(1, TASK // max(rowlen, 1))
-    flat = out.reshape(-1)
-    jobs = []
-    for r0 in range(0, len(bases), rows):
-        b = bases[r0:r0 + rows]  # data_as pointers hold references to their arrays
-        jobs.append((lib.ws_draw_f32, flat[r0 * rowlen:].ctypes.data_as(_F32P),
-                     b.ctypes.data_as(_I64P), len(b), rowlen, k0, k1, rule, mu, sigma))
-    return jobs
+class _DrawJobs:
+    """The jobs of one `ws_pass_draw` call, as parallel arrays; holds every array the kernels
+    will read or write until the call is done."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[np.ndarray]] = {k: [] for k in ("out", "base", "nrows",
+                                                                  "rowlen")}
+        self.params: list[tuple] = []  # (k0, k1, rule, mu, sigma) of each add()
+        self.counts: list[int] = []  # its number of jobs
+        self.keep: list[np.ndarray] = []
+
+    def add(self, out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
+            mu: np.float32, sigma: np.float32) -> None:
+        """Draw the rows starting at global flat indices `bases` (each `rowlen` long) into
+        `out` (C-contiguous), in jobs of about TASK elements: several short rows, or one
+        piece of a long one."""
+        if rowlen > TASK:  # pieces of long rows, each its own one-row job
+            cuts = np.arange(0, rowlen, TASK, dtype=np.int64)
+            offsets = (np.arange(len(bases), dtype=np.int64)[:, None] * rowlen + cuts).ravel()
+            bases = (bases[:, None] + cuts).ravel()
+            nrows = np.ones(len(bases), np.int64)
+            lengths = np.tile(np.minimum(TASK, rowlen - cuts), len(bases) // len(cuts))
+            firsts = np.arange(len(bases), dtype=np.int64)
+        else:
+            rows = TASK // max(rowlen, 1)
+            firsts = np.arange(0, len(bases), rows, dtype=np.int64)
+            offsets = firsts * rowlen
+            nrows = np.minimum(rows, len(bases) - firsts)
+            lengths = np.full(len(firsts), rowlen, np.int64)
+        self.keep += [out, bases]
+        c = self.cols
+        c["out"].append(np.uint64(out.ctypes.data) + (4 * offsets).astype(np.uint64))
+        c["base"].append(np.uint64(bases.ctypes.data) + (8 * firsts).astype(np.uint64))
+        c["nrows"].append(nrows)
+        c["rowlen"].append(lengths)
+        self.params.append((k0, k1, rule, mu, sigma))
+        self.counts.append(len(firsts))
+
+    def run(self) -> None:
+        if not self.keep:
+            return
+        cols = [np.concatenate(self.cols[k]) for k in self.cols]
+        k0, k1, rule, mu, sigma = zip(*self.params)
+        cols += [np.repeat(np.array(v, dtype), self.counts) for v, dtype in (
+            (k0, np.uint32), (k1, np.uint32), (rule, np.int32), (mu, np.float32),
+            (sigma, np.float32))]
+        library().ws_pass_draw(_workers(), len(cols[0]), *(_p(c) for c in cols))
 
 
 @functools.lru_cache(maxsize=64)
@@ -326,7 +353,8 @@ def _shard_key(index: tuple, shape: tuple[int, ...]) -> tuple:
 
 def draw_many(requests: Sequence[dict]) -> list[Any]:
     """Float32 jax.Arrays of N(mu, sigma) ('N(mu,sigma)') or N(0, sigma) ('N(0,sigma)') draws,
-    element i of each from `counter_rng`'s hash of (k0, k1, i), all in one pass on the pool.
+    element i of each from `counter_rng`'s hash of (k0, k1, i), all in one pass (one C call,
+    on every core).
 
     A request is dict(shape, sharding, k0, k1, rule, mu, sigma[, target]): with `target` (from
     `take_buffer`) the draws go into its buffers and it is returned; otherwise into new
@@ -335,7 +363,7 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
 
     targets = [r.get("target") for r in requests]
     jax.block_until_ready([t for t in targets if t is not None])  # before writing into them
-    jobs, finish = [], []
+    jobs, finish = _DrawJobs(), []
     for r, target in zip(requests, targets):
         shape = tuple(r["shape"])
         if math.prod(shape) > 2 ** 32:
@@ -362,11 +390,11 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
             out = view if view is not None else aligned_empty(tuple(b - a for a, b in key))
             if out.size:
                 bases, rowlen = _row_bases(shape, index)
-                jobs += _fill_jobs(out, bases, rowlen, *params)
+                jobs.add(out, bases, rowlen, *params)
             drawn[key] = out
             outs.append(out)
         finish.append((r, target, devices, outs, copies))
-    _run(jobs)
+    jobs.run()
     results = []
     for r, target, devices, outs, copies in finish:
         for dst, src in copies:

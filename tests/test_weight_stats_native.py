@@ -111,3 +111,21 @@ def test_no_compiler_falls_back_to_xla(tmp_path):
                           timeout=300)
     assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stderr[-2000:]
     assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 3, 64])
+def test_results_do_not_depend_on_the_number_of_threads(monkeypatch, threads):
+    """The passes hand pieces to threads from a counter in C: any thread count (fewer or more
+    threads than pieces) gives the same statistics and draws bit for bit."""
+    tensors = _tensors()
+    groups = [[0], [1, 2], [3], [4], [5], [6]]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    reference = ws.group_statistics(tensors, groups), wn.draw((700, 1300), sharding, 5, 6,
+                                                              "N(mu,sigma)", 0.25, 3.0)
+    monkeypatch.setattr(wn, "_workers", lambda: threads)
+    got = ws.group_statistics(tensors, groups), wn.draw((700, 1300), sharding, 5, 6,
+                                                        "N(mu,sigma)", 0.25, 3.0)
+    for a, b in zip(reference[0], got[0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(reference[1]), np.asarray(got[1]))

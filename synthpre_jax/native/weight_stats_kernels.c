@@ -7,8 +7,48 @@
  * the same inverse CDF with its own log, so draws agree with XLA's to a few float32 ulps.
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+
+/* ---- threads ---------------------------------------------------------------------------
+ * Each pass over the tree is one call: `nthreads` threads (the caller's among them) take the
+ * jobs (pieces of ~2**18 elements) in turn from an atomic counter. Threading here rather than
+ * in Python: a piece takes ~80 us to read, and Python threads handing out pieces held the
+ * GIL long enough between calls that two threads read no faster than one. */
+typedef void (*job_fn)(const void *ctx, int64_t i);
+
+struct runner {
+    job_fn fn;
+    const void *ctx;
+    int64_t n;
+    atomic_llong next;
+};
+
+static void *run_worker(void *arg) {
+    struct runner *r = (struct runner *)arg;
+    for (;;) {
+        int64_t i = atomic_fetch_add(&r->next, 1);
+        if (i >= r->n) return NULL;
+        r->fn(r->ctx, i);
+    }
+}
+
+#define MAX_THREADS 256
+
+/* fn(ctx, i) for i in [0, n); a thread that cannot be started leaves its share to the others. */
+static void run_jobs(int nthreads, int64_t n, job_fn fn, const void *ctx) {
+    struct runner r = {fn, ctx, n, 0};
+    pthread_t threads[MAX_THREADS];
+    int started = 0;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads > n) nthreads = (int)n;
+    for (int k = 1; k < nthreads; k++)
+        if (pthread_create(&threads[started], NULL, run_worker, &r) == 0) started++;
+    run_worker(&r);
+    for (int k = 0; k < started; k++) pthread_join(threads[k], NULL);
+}
 
 /* max(x), min(x) and whether any element is not finite. Compared as integers (the sign-
  * magnitude bits mapped to a monotone int32 order) so that the loop vectorises; -0 orders
@@ -182,4 +222,88 @@ void ws_draw_f32(float *out, const int64_t *base, int64_t nrows, int64_t rowlen,
         if (j0 < rowlen)
             draw_block(o + j0, rowlen - j0, b0 + (uint32_t)j0, k0, k1, mu_eff, scale);
     }
+}
+
+/* ---- whole passes ---------------------------------------------------------------------
+ * One call per pass over the tree, the pieces given as parallel arrays (job i: x[i], n[i],
+ * its parameters [i] and its results at [i] or [3 * i]). */
+struct minmax_sums_pass {
+    const float *const *x;
+    const int64_t *n;
+    const int32_t *bits;
+    int32_t floor_e;
+    float *hi_lo_bad;
+    int32_t *e;
+    double *sums;
+};
+
+static void minmax_sums_job(const void *ctx, int64_t i) {
+    const struct minmax_sums_pass *p = (const struct minmax_sums_pass *)ctx;
+    ws_minmax_gridsums_f32(p->x[i], p->n[i], p->bits[i], p->floor_e, p->hi_lo_bad + 3 * i,
+                           p->e + i, p->sums + 3 * i);
+}
+
+void ws_pass_minmax_gridsums(int nthreads, int64_t jobs, const float *const *x, const int64_t *n,
+                             const int32_t *bits, int32_t floor_e, float *hi_lo_bad, int32_t *e,
+                             double *sums) {
+    struct minmax_sums_pass p = {x, n, bits, floor_e, hi_lo_bad, e, sums};
+    run_jobs(nthreads, jobs, minmax_sums_job, &p);
+}
+
+struct grid_sum_pass {
+    const float *const *x;
+    const int64_t *n;
+    const float *scale;
+    double *out;
+};
+
+static void grid_sum_job(const void *ctx, int64_t i) {
+    const struct grid_sum_pass *p = (const struct grid_sum_pass *)ctx;
+    p->out[i] = ws_grid_sum_f32(p->x[i], p->n[i], p->scale[i]);
+}
+
+void ws_pass_grid_sum(int nthreads, int64_t jobs, const float *const *x, const int64_t *n,
+                      const float *scale, double *out) {
+    struct grid_sum_pass p = {x, n, scale, out};
+    run_jobs(nthreads, jobs, grid_sum_job, &p);
+}
+
+struct sqdev_pass {
+    const float *const *x;
+    const int64_t *n;
+    const float *mu, *kscale, *scale;
+    double *out;
+};
+
+static void sqdev_job(const void *ctx, int64_t i) {
+    const struct sqdev_pass *p = (const struct sqdev_pass *)ctx;
+    p->out[i] = ws_sqdev_sum_f32(p->x[i], p->n[i], p->mu[i], p->kscale[i], p->scale[i]);
+}
+
+void ws_pass_sqdev(int nthreads, int64_t jobs, const float *const *x, const int64_t *n,
+                   const float *mu, const float *kscale, const float *scale, double *out) {
+    struct sqdev_pass p = {x, n, mu, kscale, scale, out};
+    run_jobs(nthreads, jobs, sqdev_job, &p);
+}
+
+struct draw_pass {
+    float *const *out;
+    const int64_t *const *base;
+    const int64_t *nrows, *rowlen;
+    const uint32_t *k0, *k1;
+    const int32_t *rule;
+    const float *mu, *sigma;
+};
+
+static void draw_job(const void *ctx, int64_t i) {
+    const struct draw_pass *p = (const struct draw_pass *)ctx;
+    ws_draw_f32(p->out[i], p->base[i], p->nrows[i], p->rowlen[i], p->k0[i], p->k1[i], p->rule[i],
+                p->mu[i], p->sigma[i]);
+}
+
+void ws_pass_draw(int nthreads, int64_t jobs, float *const *out, const int64_t *const *base,
+                  const int64_t *nrows, const int64_t *rowlen, const uint32_t *k0,
+                  const uint32_t *k1, const int32_t *rule, const float *mu, const float *sigma) {
+    struct draw_pass p = {out, base, nrows, rowlen, k0, k1, rule, mu, sigma};
+    run_jobs(nthreads, jobs, draw_job, &p);
 }
