@@ -209,13 +209,16 @@ def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
         if hlb[a:b, 2].any():  # inf or NaN: the caller reports the tensor
             out.append((np.float32(np.inf), 0, 0.0, hi, lo))
             continue
-        e = int(e_piece[a:b].max())  # == _exponent(max |x|, _E_FLOOR): frexp is monotonic
-        shift = e - e_piece[a:b]
+        m = np.maximum(hi, -lo)
+        e = _exponent(m, _E_FLOOR)  # the XLA program's (frexp(0) is 0)
+        # a piece of zeros adds 0 at any exponent; every other piece has e_piece <= e
+        zero = (hlb[a:b, 0] == 0) & (hlb[a:b, 1] == 0)
+        shift = np.where(zero, 0, e - e_piece[a:b])
         near = shift <= 2
         # integers below 2**53: exact in any order
         total = float(sums[a:b][near, shift[near]].sum())
         redo += [i for i in range(a, b) if not near[i - a]]
-        out.append([np.maximum(hi, -lo), e, total, hi, lo])
+        out.append([m, e, total, hi, lo])
     if redo:
         redo_idx = np.array(redo, np.int64)
         scale = np.array([math.ldexp(1.0, bits[owners[i]] - out[owners[i]][1]) for i in redo],

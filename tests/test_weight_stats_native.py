@@ -129,3 +129,55 @@ def test_results_do_not_depend_on_the_number_of_threads(monkeypatch, threads):
     for a, b in zip(reference[0], got[0]):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.asarray(reference[1]), np.asarray(got[1]))
+
+
+def _piece_sums(x: np.ndarray, bits: int, floor_e: int = -96):
+    """ws_minmax_gridsums_f32 on one piece: (max, min, exponent, three grid sums)."""
+    import ctypes
+    lib = wn.library()
+    f = lib.ws_minmax_gridsums_f32
+    f.restype = None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    x = np.ascontiguousarray(x, np.float32)
+    hlb, e, sums = np.zeros(3, np.float32), np.zeros(1, np.int32), np.zeros(3, np.float64)
+    f(x.ctypes.data, x.size, bits, floor_e, hlb.ctypes.data, e.ctypes.data, sums.ctypes.data)
+    return hlb, int(e[0]), sums
+
+
+@needs_kernels
+def test_streamed_grid_sums_equal_whole_piece_sums():
+    """The first read streams a piece through L1 in sub-blocks with a running exponent: sums
+    must equal sum(rint(x * 2**(bits - f))) over the whole piece at f = e, e + 1, e + 2, also
+    when a later sub-block raises the exponent by 1, 2 or more, after zero sub-blocks, with
+    grid values of exactly +-2**bits, and for lengths that are not multiples of the blocks."""
+    rng = np.random.default_rng(11)
+    sub = 4096
+    top = np.float32(np.nextafter(np.float32(0.5), np.float32(0)))  # just below 2**-1
+    cases = {
+        "raise by 1": [rng.uniform(-0.3, 0.3, sub), rng.uniform(-0.6, 0.6, sub + 5)],
+        "raise by 2": [rng.uniform(-0.2, 0.2, 2 * sub), rng.uniform(-0.7, 0.7, 100)],
+        "raise by 9": [rng.uniform(-1e-3, 1e-3, sub + 1), rng.uniform(-0.9, 0.9, 3 * sub - 7)],
+        "zeros first": [np.zeros(2 * sub), rng.uniform(-3e-5, 3e-5, 777)],
+        "zeros between": [rng.uniform(-2, 2, sub), np.zeros(sub), rng.uniform(-9, 9, 50)],
+        "all zeros": [np.zeros(sub + 3)],
+        "grid edges": [np.full(48, top), np.full(48, -top), rng.uniform(-0.5, 0.5, 29)],
+        "tiny": [rng.standard_normal(5000) * 1e-30],
+        "short": [np.array([0.25, -0.125, 3.0])],
+    }
+    for name, parts in cases.items():
+        x = np.concatenate(parts).astype(np.float32)
+        for bits in (29, 24):
+            hlb, e, sums = _piece_sums(x, bits)
+            assert (hlb[0], hlb[1], hlb[2]) == (x.max(), x.min(), 0), name
+            m = np.float32(max(x.max(), -x.min()))
+            if m == 0:
+                assert e == -96 and not sums.any(), name
+                continue
+            assert e == max(int(np.frexp(m)[1]), -96), name
+            for j in range(3):
+                want = np.rint(x * np.float32(2.0 ** (bits - e - j))).astype(np.int64).sum()
+                assert sums[j] == want, (name, bits, j)
+    bad = np.concatenate([rng.uniform(-1, 1, sub + 9), [np.inf], rng.uniform(-4, 4, 10)])
+    hlb, _, _ = _piece_sums(bad.astype(np.float32), 29)
+    assert hlb[2] == 1 and hlb[0] == np.inf

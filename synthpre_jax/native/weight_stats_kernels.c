@@ -50,12 +50,12 @@ static void run_jobs(int nthreads, int64_t n, job_fn fn, const void *ctx) {
     for (int k = 0; k < started; k++) pthread_join(threads[k], NULL);
 }
 
-/* max(x), min(x) and whether any element is not finite. Compared as integers (the sign-
- * magnitude bits mapped to a monotone int32 order) so that the loop vectorises; -0 orders
- * below +0, which changes nothing downstream (only |max| and |min| are used). */
-void ws_minmax_f32(const float *x, int64_t n, float *hi_lo_bad) {
+/* max(x), min(x) and whether any element is not finite, as monotone int32 keys: the
+ * sign-magnitude bits mapped to an integer order, so that the loop vectorises. -0 orders below
+ * +0, which changes nothing downstream (only |max| and |min| are used). */
+static void minmax_keys(const float *x, int64_t n, int32_t *hi_io, int32_t *lo_io, int32_t *bad_io) {
     const int32_t *b = (const int32_t *)x;
-    int32_t hi = INT32_MIN, lo = INT32_MAX, bad = 0;
+    int32_t hi = *hi_io, lo = *lo_io, bad = 0;
     for (int64_t i = 0; i < n; i++) {
         int32_t v = b[i];
         bad |= (v & 0x7f800000) == 0x7f800000;
@@ -63,49 +63,180 @@ void ws_minmax_f32(const float *x, int64_t n, float *hi_lo_bad) {
         hi = k > hi ? k : hi;
         lo = k < lo ? k : lo;
     }
-    hi ^= (hi >> 31) & 0x7fffffff;
-    lo ^= (lo >> 31) & 0x7fffffff;
-    memcpy(&hi_lo_bad[0], &hi, 4);
-    memcpy(&hi_lo_bad[1], &lo, 4);
-    hi_lo_bad[2] = (float)bad;
+    *hi_io = hi;
+    *lo_io = lo;
+    *bad_io |= bad;
+}
+
+static float key_to_float(int32_t k) {
+    k ^= (k >> 31) & 0x7fffffff;
+    float f;
+    memcpy(&f, &k, 4);
+    return f;
 }
 
 /* sum of rint(x * scale): integers of magnitude <= 2**29 (the caller's grid), accumulated
- * in int64 (exact for any n) and returned as double (exact: the caller keeps n * 2**29 <=
- * 2**53). */
-double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
+ * in int64 (exact for any n) */
+static int64_t grid_sum(const float *x, int64_t n, float scale) {
     int64_t s = 0;
     for (int64_t i = 0; i < n; i++) s += (int32_t)rintf(x[i] * scale);
-    return (double)s;
+    return s;
 }
 
-/* One read of a piece of a tensor for two statistics: max/min/non-finite (as ws_minmax_f32),
- * then, from cache, the grid sums at the piece's own exponent e (|x| < 2**e, at least
- * floor_e) and at e + 1 and e + 2. The tensor's exponent is the largest of its pieces', so a
- * piece whose max is within a factor 4 of the tensor's (nearly all of them) needs no second
- * read from memory. */
-void ws_minmax_gridsums_f32(const float *x, int64_t n, int32_t bits, int32_t floor_e,
-                            float *hi_lo_bad, int32_t *e_out, double *sums3) {
-    ws_minmax_f32(x, n, hi_lo_bad);
-    sums3[0] = sums3[1] = sums3[2] = 0.0;
-    *e_out = floor_e;
-    if (hi_lo_bad[2] != 0.0f) return;
-    float m = hi_lo_bad[0] > -hi_lo_bad[1] ? hi_lo_bad[0] : -hi_lo_bad[1];
-    int e;
-    frexpf(m, &e);
-    if (e < floor_e) e = floor_e;
-    *e_out = e;
-    const float s0 = ldexpf(1.0f, bits - e), s1 = ldexpf(1.0f, bits - e - 1),
-                s2 = ldexpf(1.0f, bits - e - 2);
+/* as a double (exact: the caller keeps n * 2**29 <= 2**53) */
+double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
+    return (double)grid_sum(x, n, scale);
+}
+
+#define SUB 4096  /* elements of a sub-block: 16 KB, read from memory once and kept in L1 */
+
+/* The grid sums at three scales of one sub-block (in L1), prefetching the next sub-block
+ * meanwhile so that its read from memory overlaps this arithmetic. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+static inline __m256i add_widened(__m256i acc, __m256i v) {  /* acc (4 x int64) += v (8 x int32) */
+    return _mm256_add_epi64(acc, _mm256_add_epi64(
+        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1))));
+}
+
+static inline int64_t lanes_sum(__m256i v) {
+    int64_t t[4];
+    _mm256_storeu_si256((__m256i *)t, v);
+    return t[0] + t[1] + t[2] + t[3];
+}
+
+/* Widening each grid value to int64 was most of the work. |q| <= 2**29 at scale s0, 2**28 at
+ * s1 and 2**27 at s2, so 3, 6 and 12 of them sum exactly in int32 lanes before one widening.
+ * _mm256_cvtps_epi32 rounds to nearest even, as rintf does (the default rounding mode, which
+ * the scalar code assumes as well). */
+static void grid_sums3(const float *x, int64_t n, const float *next, float s0, float s1,
+                       float s2, int64_t *acc) {
+    const __m256 v0 = _mm256_set1_ps(s0), v1 = _mm256_set1_ps(s1), v2 = _mm256_set1_ps(s2);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, t1 = a0, t2 = a0;
+    int64_t i = 0, groups = 0;
+    for (; i + 24 <= n; i += 24, groups++) {
+        if (next) {
+            __builtin_prefetch(next + i, 0, 3);
+            __builtin_prefetch(next + i + 16, 0, 3);
+        }
+        const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8),
+                     x2 = _mm256_loadu_ps(x + i + 16);
+#define Q(xv, sv) _mm256_cvtps_epi32(_mm256_mul_ps(xv, sv))
+        a0 = add_widened(a0, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v0), Q(x1, v0)), Q(x2, v0)));
+        t1 = _mm256_add_epi32(t1, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v1), Q(x1, v1)), Q(x2, v1)));
+        t2 = _mm256_add_epi32(t2, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v2), Q(x1, v2)), Q(x2, v2)));
+#undef Q
+        if (groups % 2 == 1) {
+            a1 = add_widened(a1, t1);
+            t1 = _mm256_setzero_si256();
+        }
+        if (groups % 4 == 3) {
+            a2 = add_widened(a2, t2);
+            t2 = _mm256_setzero_si256();
+        }
+    }
+    a1 = add_widened(a1, t1);
+    a2 = add_widened(a2, t2);
+    int64_t r0 = lanes_sum(a0), r1 = lanes_sum(a1), r2 = lanes_sum(a2);
+    for (; i < n; i++) {
+        r0 += (int32_t)rintf(x[i] * s0);
+        r1 += (int32_t)rintf(x[i] * s1);
+        r2 += (int32_t)rintf(x[i] * s2);
+    }
+    acc[0] += r0;
+    acc[1] += r1;
+    acc[2] += r2;
+}
+#else
+static void grid_sums3(const float *x, int64_t n, const float *next, float s0, float s1,
+                       float s2, int64_t *acc) {
     int64_t a0 = 0, a1 = 0, a2 = 0;
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        if (next) __builtin_prefetch(next + i, 0, 3);
+        for (int64_t j = i; j < i + 16; j++) {
+            a0 += (int32_t)rintf(x[j] * s0);
+            a1 += (int32_t)rintf(x[j] * s1);
+            a2 += (int32_t)rintf(x[j] * s2);
+        }
+    }
+    for (; i < n; i++) {
         a0 += (int32_t)rintf(x[i] * s0);
         a1 += (int32_t)rintf(x[i] * s1);
         a2 += (int32_t)rintf(x[i] * s2);
     }
-    sums3[0] = (double)a0;
-    sums3[1] = (double)a1;
-    sums3[2] = (double)a2;
+    acc[0] += a0;
+    acc[1] += a1;
+    acc[2] += a2;
+}
+#endif
+
+static int32_t exponent_of(float m, int32_t floor_e) {  /* |x| <= m < 2**e, at least floor_e */
+    int e;
+    frexpf(m, &e);
+    return e < floor_e ? floor_e : e;
+}
+
+/* One read of a piece of a tensor for two statistics: max(x), min(x) and whether any element
+ * is not finite, and the grid sums sum(rint(x * 2**(bits - f))) at f = e, e + 1, e + 2, e the
+ * piece's exponent (|x| < 2**e, at least floor_e; floor_e itself for a piece of zeros, whose
+ * sums are 0 at any exponent). The tensor's exponent is the largest of its pieces', so a piece
+ * whose max is within a factor 4 of the tensor's (nearly all of them) needs no second read
+ * from memory.
+ *
+ * The piece streams through L1 in sub-blocks: each sub-block's max/min first, then its sums
+ * at the running exponent (the largest so far) and the two above it. When a later sub-block
+ * raises the running exponent by d, the sums at the exponents that were already running carry
+ * over, and each new one is completed for the earlier sub-blocks at the end (they are still in
+ * cache). The sums are of the same integers as over the whole piece at once, so they are
+ * exact and equal. */
+void ws_minmax_gridsums_f32(const float *x, int64_t n, int32_t bits, int32_t floor_e,
+                            float *hi_lo_bad, int32_t *e_out, double *sums3) {
+    int32_t hi = INT32_MIN, lo = INT32_MAX, bad = 0;
+    int64_t acc[3] = {0, 0, 0}, start[3] = {0, 0, 0};  /* acc[j]: exponent e + j, from start[j] */
+    int32_t e = INT32_MIN;  /* none yet: every sub-block so far was zeros */
+    sums3[0] = sums3[1] = sums3[2] = 0.0;
+    *e_out = floor_e;
+    for (int64_t i0 = 0; i0 < n; i0 += SUB) {
+        const int64_t m = n - i0 < SUB ? n - i0 : SUB;
+        int32_t sub_hi = INT32_MIN, sub_lo = INT32_MAX;
+        minmax_keys(x + i0, m, &sub_hi, &sub_lo, &bad);
+        hi = sub_hi > hi ? sub_hi : hi;
+        lo = sub_lo < lo ? sub_lo : lo;
+        if (bad) {  /* inf or NaN: the caller reports the tensor; max/min of the rest only */
+            if (i0 + m < n) minmax_keys(x + i0 + m, n - i0 - m, &hi, &lo, &bad);
+            break;
+        }
+        const float sh = key_to_float(sub_hi), sl = key_to_float(sub_lo);
+        const float sm = sh > -sl ? sh : -sl;
+        if (sm == 0.0f) continue;  /* zeros add nothing at any exponent */
+        const int32_t se = exponent_of(sm, floor_e);
+        if (se > e) {
+            if (e == INT32_MIN) {  /* the first non-zero sub-block: all before it were zeros */
+                acc[0] = acc[1] = acc[2] = 0;
+                start[0] = start[1] = start[2] = 0;
+            } else {
+                const int32_t d = se - e;
+                for (int j = 0; j < 3; j++) {
+                    acc[j] = j + d <= 2 ? acc[j + d] : 0;
+                    start[j] = j + d <= 2 ? start[j + d] : i0;
+                }
+            }
+            e = se;
+        }
+        grid_sums3(x + i0, m, i0 + m < n ? x + i0 + SUB : NULL, ldexpf(1.0f, bits - e),
+                   ldexpf(1.0f, bits - e - 1), ldexpf(1.0f, bits - e - 2), acc);
+    }
+    hi_lo_bad[0] = key_to_float(hi);
+    hi_lo_bad[1] = key_to_float(lo);
+    hi_lo_bad[2] = (float)bad;
+    if (bad || e == INT32_MIN) return;
+    for (int j = 0; j < 3; j++)  /* the earlier sub-blocks of exponents that started late */
+        if (start[j] > 0) acc[j] += grid_sum(x, start[j], ldexpf(1.0f, bits - e - j));
+    *e_out = e;
+    for (int j = 0; j < 3; j++) sums3[j] = (double)acc[j];
 }
 
 /* sum of rint(((x - mu) * kscale)**2 * scale) (see _tensor_squared_deviation_parts). */
