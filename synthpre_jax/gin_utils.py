@@ -92,7 +92,9 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
             why = f" ({e.reason} at byte {e.start})" if bad in (None, f) and e.reason else ""
             raise UserError(f"gin file {where} is not UTF-8 text{why}; save it as UTF-8") from None
         except Exception as e:  # gin raises many types; all are configuration mistakes here
-            raise UserError(f"in gin file {f}: {_short(e)}{_gin_suggestion(str(e))}") from None
+            search = [""] + list(_search_paths(search_paths)) + default_search_paths() + ["."]
+            raise UserError(_include_problem(f, str(e), search)
+                            or f"in gin file {f}: {_short(e)}{_gin_suggestion(str(e))}") from None
     for b in gin_bindings:
         try:
             gin.parse_config(b)
@@ -174,6 +176,28 @@ def _first_non_utf8(path: str, search: Sequence[str], seen: Optional[set] = None
         found = _resolve(name, [os.path.dirname(path)] + list(search))
         if found and os.path.isfile(found) and (bad := _first_non_utf8(found, search, seen)):
             return bad
+    return None
+
+
+def _include_problem(path: str, message: str, search: Sequence[str]) -> Optional[str]:
+    """A clearer line for gin's "Unable to open file: NAME" when NAME is an include that
+    names a directory, or a file next to the including one (gin looks for includes only in
+    its search paths)."""
+    m = re.search(r"Unable to open file: (.+?)\. Searched config paths", message)
+    if not m:
+        return None
+    name = m.group(1)
+    for d in search:
+        cand = os.path.join(d, name)
+        if os.path.isdir(cand):
+            return (f"gin file {path} includes {name!r}, which is a directory "
+                    f"({os.path.abspath(cand)}); include a .gin file")
+    for top in [path] + [os.path.join(d, path) for d in search]:
+        beside = os.path.join(os.path.dirname(top), name)
+        if os.path.isfile(top) and os.path.isfile(beside):
+            return (f"gin file {path} includes {name!r}, which gin looks for only in its "
+                    f"search paths, not next to the including file; add "
+                    f"--gin_search_paths={os.path.dirname(os.path.abspath(beside))}")
     return None
 
 

@@ -8,6 +8,7 @@ row: name -> (kind, make, pattern). `make(ctx)` returns an argv for `synthpre` o
 zero-argument callable; `pattern` is a regex the error line must match, normally naming both
 what is wrong and what to do. Cases that need 8 devices run in one forked 8-device process.
 """
+import os
 import re
 import shutil
 from pathlib import Path
@@ -237,6 +238,13 @@ CASES = {
     "gin: an included gin file not UTF-8": ("gin", lambda c: c.argv("--gin_file=" + c.file(
         "top.gin", "include '" + c.file("inner.gin", "TRAIN_STEPS = 3  # d\u00e9j\u00e0", "latin-1") + "'\n")),
         r"gin file \S*inner\.gin \(included by \S*top\.gin\) is not UTF-8 text"),
+    "gin: an include that is a directory": ("gin", lambda c: c.argv("--gin_file=" + c.file(
+        "top.gin", "include '" + (os.makedirs(c.tmp / "incdir") or str(c.tmp / "incdir")) + "'\n")),
+        r"gin file \S*top\.gin includes '\S*incdir', which is a directory .*include a \.gin file"),
+    "gin: an include next to the including file": ("gin", lambda c: c.argv("--gin_file=" + c.file(
+        "top.gin", "include '" + os.path.basename(c.file("sibling_xyz.gin", "TRAIN_STEPS = 3\n")) + "'\n")),
+        r"includes 'sibling_xyz\.gin', which gin looks for only in its search paths, not next to "
+        r"the including file; add --gin_search_paths=\S+"),
     "cli: --gin.NAME followed by another flag": ("cli", lambda c: c.argv("--gin.TRAIN_STEPS", "--gin.EVAL_PERIOD=2"),
                                         r"--gin\.TRAIN_STEPS has no value: use --gin\.NAME=VALUE"),
     "gin: gin file is a directory": ("gin", lambda c: c.argv("--gin_file=models"),
