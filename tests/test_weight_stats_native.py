@@ -4,6 +4,7 @@ no compiler is there."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -147,6 +148,28 @@ def _piece_sums(x: np.ndarray, bits: int, floor_e: int = -96):
 
 @needs_kernels
 def test_streamed_grid_sums_equal_whole_piece_sums():
+    _check_streamed_grid_sums()
+
+
+@needs_kernels
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 build flags")
+def test_portable_build_gives_the_same_results(monkeypatch, tmp_path):
+    """Built for a baseline x86-64 CPU (no AVX2: the plain-C loops instead of the intrinsics),
+    the kernels give the same sums, and statistics bit-identical to the XLA programs."""
+    flags = tuple("-march=x86-64" if f == "-march=native" else f for f in wn.FLAGS)
+    monkeypatch.setattr(wn, "FLAGS", flags)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    wn.library.cache_clear()
+    try:
+        assert wn.library() is not None and list(tmp_path.rglob("*.so"))
+        _check_streamed_grid_sums()
+        test_statistics_are_bit_identical_to_the_xla_programs(monkeypatch)
+    finally:
+        monkeypatch.undo()
+        wn.library.cache_clear()
+
+
+def _check_streamed_grid_sums():
     """The first read streams a piece through L1 in sub-blocks with a running exponent: sums
     must equal sum(rint(x * 2**(bits - f))) over the whole piece at f = e, e + 1, e + 2, also
     when a later sub-block raises the exponent by 1, 2 or more, after zero sub-blocks, with

@@ -90,6 +90,20 @@ double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
 
 #define SUB 4096  /* elements of a sub-block: 16 KB, read from memory once and kept in L1 */
 
+/* The grid sums at three scales, plain C (vectorised by the compiler). */
+static inline void grid_sums3_plain(const float *x, int64_t n, float s0, float s1, float s2,
+                                    int64_t *acc) {
+    int64_t a0 = 0, a1 = 0, a2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        a0 += (int32_t)rintf(x[i] * s0);
+        a1 += (int32_t)rintf(x[i] * s1);
+        a2 += (int32_t)rintf(x[i] * s2);
+    }
+    acc[0] += a0;
+    acc[1] += a1;
+    acc[2] += a2;
+}
+
 /* The grid sums at three scales of one sub-block (in L1), prefetching the next sub-block
  * meanwhile so that its read from memory overlaps this arithmetic. */
 #if defined(__AVX2__)
@@ -139,37 +153,18 @@ static void grid_sums3(const float *x, int64_t n, const float *next, float s0, f
     }
     a1 = add_widened(a1, t1);
     a2 = add_widened(a2, t2);
-    int64_t r0 = lanes_sum(a0), r1 = lanes_sum(a1), r2 = lanes_sum(a2);
-    for (; i < n; i++) {
-        r0 += (int32_t)rintf(x[i] * s0);
-        r1 += (int32_t)rintf(x[i] * s1);
-        r2 += (int32_t)rintf(x[i] * s2);
-    }
-    acc[0] += r0;
-    acc[1] += r1;
-    acc[2] += r2;
+    acc[0] += lanes_sum(a0);
+    acc[1] += lanes_sum(a1);
+    acc[2] += lanes_sum(a2);
+    grid_sums3_plain(x + i, n - i, s0, s1, s2, acc);
 }
 #else
 static void grid_sums3(const float *x, int64_t n, const float *next, float s0, float s1,
                        float s2, int64_t *acc) {
-    int64_t a0 = 0, a1 = 0, a2 = 0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
+    for (int64_t i = 0; i < n; i += 16) {
         if (next) __builtin_prefetch(next + i, 0, 3);
-        for (int64_t j = i; j < i + 16; j++) {
-            a0 += (int32_t)rintf(x[j] * s0);
-            a1 += (int32_t)rintf(x[j] * s1);
-            a2 += (int32_t)rintf(x[j] * s2);
-        }
+        grid_sums3_plain(x + i, n - i < 16 ? n - i : 16, s0, s1, s2, acc);
     }
-    for (; i < n; i++) {
-        a0 += (int32_t)rintf(x[i] * s0);
-        a1 += (int32_t)rintf(x[i] * s1);
-        a2 += (int32_t)rintf(x[i] * s2);
-    }
-    acc[0] += a0;
-    acc[1] += a1;
-    acc[2] += a2;
 }
 #endif
 
