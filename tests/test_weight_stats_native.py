@@ -204,3 +204,29 @@ def _check_streamed_grid_sums():
     bad = np.concatenate([rng.uniform(-1, 1, sub + 9), [np.inf], rng.uniform(-4, 4, 10)])
     hlb, _, _ = _piece_sums(bad.astype(np.float32), 29)
     assert hlb[2] == 1 and hlb[0] == np.inf
+
+
+@needs_kernels
+def test_kernel_normals_at_every_input_against_float64():
+    """Every value the kernel's inverse CDF can produce (all 2**24 uniforms), against SciPy's
+    float64 erfinv, to the bound the XLA sampler meets (test_counter_rng), and the two
+    samplers within float32 rounding of each other."""
+    import ctypes
+    from scipy import special
+    lib = wn.library()
+    f = lib.ws_normals_of_tops
+    f.restype = None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    top = np.arange(2 ** 24, dtype=np.int32)
+    z32 = np.empty(top.size, np.float32)
+    f(top.ctypes.data, top.size, z32.ctypes.data)
+    z = z32.astype(np.float64)
+    v = (top * 2 - (2 ** 24 - 1)).astype(np.float32) * np.float32(2.0 ** -24)
+    assert np.isfinite(z).all() and 5.4 < z.max() < 5.5
+    np.testing.assert_allclose(z, -z[::-1], atol=1e-6)
+    assert abs(z.var() - 1) < 1e-6
+    ref = np.sqrt(2) * special.erfinv(v.astype(np.float64))
+    err = np.abs(z - ref) / np.maximum(np.abs(ref), 1e-3)
+    assert err.max() < 2e-6, (err.max(), v[err.argmax()])
+    xla = np.asarray(np.sqrt(np.float32(2)) * jax.jit(counter_rng.erfinv)(v), np.float64)
+    assert np.abs(z - xla).max() < 2e-6
