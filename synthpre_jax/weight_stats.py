@@ -266,7 +266,8 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
     bits = [_fixed_bits(n) for n in counts]
     # on CPUs the compiled kernels, one pass over the whole tree at a time (same values)
     native = weight_stats_native.usable(tensors)
-    parts = (weight_stats_native.sum_parts_all(tensors, bits) if native else
+    pieces = weight_stats_native.Pieces(tensors) if native else None
+    parts = (weight_stats_native.sum_parts_all(pieces, bits) if native else
              _program_parts(_tensor_sum_parts, [(x,) for x in tensors], bits))
     sums, hi_lo = _exact_sums(parts, bits, names)
     size = [sum(counts[i] for i in g) for g in groups]
@@ -276,7 +277,7 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
         tensor_mu[list(g)] = mu
     if native:
         parts = weight_stats_native.squared_deviation_parts_all(
-            tensors, tensor_mu, [h for h, _ in hi_lo], [lo for _, lo in hi_lo], bits)
+            pieces, tensor_mu, [h for h, _ in hi_lo], [lo for _, lo in hi_lo], bits)
     else:
         parts = _program_parts(_tensor_squared_deviation_parts,
                                [(x, tensor_mu[i], *hi_lo[i]) for i, x in enumerate(tensors)],

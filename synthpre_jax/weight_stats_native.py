@@ -156,19 +156,33 @@ def _addresses(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([a.ctypes.data for a in arrays], np.uint64)
 
 
-def _piece_table(tensor_blocks: Sequence[Sequence[np.ndarray]]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pieces of TASK elements or fewer covering every block: (addresses, lengths, owning
-    tensor). The caller keeps `tensor_blocks` alive until the kernels have read them (a block
-    may be a copy that `_blocks` made)."""
-    addrs, lens, owners = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for t, blocks in enumerate(tensor_blocks):
-        for b in blocks:
-            starts = np.arange(0, len(b), TASK, dtype=np.int64)
-            addrs.append(np.uint64(b.ctypes.data) + 4 * starts.astype(np.uint64))
-            lens.append(np.minimum(TASK, len(b) - starts))
-            owners.append(np.full(len(starts), t, np.int64))
-    return np.concatenate(addrs), np.concatenate(lens), np.concatenate(owners)
+class Pieces:
+    """Every tensor cut into pieces of TASK elements or fewer, as parallel arrays (address,
+    length, owning tensor), built once for both statistics passes. Holds the blocks (a block
+    may be a copy `_blocks` made) so they stay alive while the kernels read them."""
+
+    def __init__(self, tensors: Sequence[Any]):
+        self.count = len(tensors)
+        self.blocks, owner = [], []
+        for t, x in enumerate(tensors):
+            for b in _blocks(x):
+                if len(b):
+                    self.blocks.append(b)
+                    owner.append(t)
+        block_owner = np.array(owner, np.int64)
+        lengths = np.array([len(b) for b in self.blocks], np.int64)
+        per_block = -(-lengths // TASK)
+        first = np.repeat(np.cumsum(per_block) - per_block, per_block)
+        start = (np.arange(int(per_block.sum()), dtype=np.int64) - first) * TASK
+        self.owners = np.repeat(block_owner, per_block)
+        self.lens = np.minimum(TASK, np.repeat(lengths, per_block) - start)
+        self.addrs = (np.repeat(np.array([b.ctypes.data for b in self.blocks], np.uint64),
+                                per_block) + 4 * start.astype(np.uint64))
+        # pieces of tensor t are [bounds[t], bounds[t + 1]) (owners ascend)
+        self.bounds = np.searchsorted(self.owners, np.arange(self.count + 1))
+
+    def __len__(self) -> int:
+        return len(self.lens)
 
 
 def _p(a: np.ndarray) -> int:
@@ -178,82 +192,78 @@ def _p(a: np.ndarray) -> int:
 _E_FLOOR = -96  # weight_stats._tensor_sum_parts clamps the exponent there
 
 
-def _exponent(m: np.float32, floor: int) -> int:
-    return max(int(np.frexp(np.float32(m))[1]), floor)
-
-
-def sum_parts_all(tensors: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
+def sum_parts_all(pieces: Pieces, bits: Sequence[int]) -> list[tuple]:
     """`weight_stats._tensor_sum_parts` of every tensor (the same values): (m, e, exact grid
     sum, max, min) each. One read of the tree: each piece's max/min and its grid sums at its
     own exponent and the two above it (from cache); only a piece whose max is below a quarter
     of its tensor's is read again, at the tensor's exponent."""
-    lib = library()
-    blocks = [[b for b in _blocks(x) if len(b)] for x in tensors]
-    addrs, lens, owners = _piece_table(blocks)
-    jobs = len(lens)
-    hlb = np.empty((jobs, 3), np.float32)
-    e_piece = np.empty(jobs, np.int32)
-    sums = np.empty((jobs, 3), np.float64)
-    piece_bits = np.asarray(bits, np.int32)[owners]
-    lib.ws_pass_minmax_gridsums(_workers(), jobs, _p(addrs), _p(lens), _p(piece_bits), _E_FLOOR,
-                                _p(hlb), _p(e_piece), _p(sums))
-    out: list[Any] = []
-    redo: list[int] = []
-    bounds = np.searchsorted(owners, np.arange(len(tensors) + 1))
-    for t in range(len(tensors)):
-        a, b = bounds[t], bounds[t + 1]
-        if a == b:  # an empty tensor
-            out.append((np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf)))
-            continue
-        hi, lo = np.float32(hlb[a:b, 0].max()), np.float32(hlb[a:b, 1].min())
-        if hlb[a:b, 2].any():  # inf or NaN: the caller reports the tensor
-            out.append((np.float32(np.inf), 0, 0.0, hi, lo))
-            continue
-        m = np.maximum(hi, -lo)
-        e = _exponent(m, _E_FLOOR)  # the XLA program's (frexp(0) is 0)
-        # a piece of zeros adds 0 at any exponent; every other piece has e_piece <= e
-        zero = (hlb[a:b, 0] == 0) & (hlb[a:b, 1] == 0)
-        shift = np.where(zero, 0, e - e_piece[a:b])
-        near = shift <= 2
-        # integers below 2**53: exact in any order
-        total = float(sums[a:b][near, shift[near]].sum())
-        redo += [i for i in range(a, b) if not near[i - a]]
-        out.append([m, e, total, hi, lo])
-    if redo:
-        redo_idx = np.array(redo, np.int64)
-        scale = np.array([math.ldexp(1.0, bits[owners[i]] - out[owners[i]][1]) for i in redo],
-                         np.float32)
+    lib, n = library(), len(pieces)
+    hlb = np.empty((n, 3), np.float32)
+    e_piece = np.empty(n, np.int32)
+    sums = np.empty((n, 3), np.float64)
+    bits = np.asarray(bits, np.int64)
+    piece_bits = bits[pieces.owners].astype(np.int32)
+    lib.ws_pass_minmax_gridsums(_workers(), n, _p(pieces.addrs), _p(pieces.lens), _p(piece_bits),
+                                _E_FLOOR, _p(hlb), _p(e_piece), _p(sums))
+    # per tensor, over its pieces (tensors without pieces are empty)
+    full = np.flatnonzero(np.diff(pieces.bounds) > 0)
+    at = pieces.bounds[full]
+    hi = np.full(pieces.count, -np.inf, np.float32)
+    lo = np.full(pieces.count, np.inf, np.float32)
+    bad = np.zeros(pieces.count, bool)
+    if n:
+        hi[full] = np.maximum.reduceat(hlb[:, 0], at)
+        lo[full] = np.minimum.reduceat(hlb[:, 1], at)
+        bad[full] = np.logical_or.reduceat(hlb[:, 2] != 0, at)
+    m = np.maximum(hi, -lo)
+    # the XLA program's exponent (frexp(0) is 0); a piece of zeros adds 0 at any exponent,
+    # every other piece has e_piece <= e
+    e = np.maximum(np.frexp(np.where(np.isfinite(m), m, 0))[1], _E_FLOOR)
+    zero = (hlb[:, 0] == 0) & (hlb[:, 1] == 0)
+    shift = np.where(zero, 0, e[pieces.owners] - e_piece)
+    near = (shift <= 2) | bad[pieces.owners]
+    # integers below 2**53: exact in any order
+    taken = np.where(near, sums[np.arange(n), np.clip(shift, 0, 2)], 0.0)
+    total = np.zeros(pieces.count, np.float64)
+    if n:
+        total[full] = np.add.reduceat(taken, at)
+    redo = np.flatnonzero(~near)
+    if len(redo):
+        t = pieces.owners[redo]
+        scale = np.ldexp(np.float32(1), (bits[t] - e[t]).astype(np.int32)).astype(np.float32)
         totals = np.empty(len(redo), np.float64)
-        r_addrs, r_lens = addrs[redo_idx], lens[redo_idx]
+        r_addrs, r_lens = pieces.addrs[redo], pieces.lens[redo]
         lib.ws_pass_grid_sum(_workers(), len(redo), _p(r_addrs), _p(r_lens), _p(scale),
                              _p(totals))
-        for i, total in zip(redo, totals):
-            out[owners[i]][2] += float(total)
-    return [tuple(o) for o in out]
+        np.add.at(total, t, totals)
+    out = []
+    for t in range(pieces.count):
+        if pieces.bounds[t] == pieces.bounds[t + 1]:  # an empty tensor
+            out.append((np.float32(0), 0, 0.0, np.float32(-np.inf), np.float32(np.inf)))
+        elif bad[t]:  # inf or NaN: the caller reports the tensor
+            out.append((np.float32(np.inf), 0, 0.0, hi[t], lo[t]))
+        else:
+            out.append((m[t], int(e[t]), float(total[t]), hi[t], lo[t]))
+    return out
 
 
-def squared_deviation_parts_all(tensors: Sequence[Any], mus: Sequence[Any], his: Sequence[Any],
+def squared_deviation_parts_all(pieces: Pieces, mus: Sequence[Any], his: Sequence[Any],
                                 los: Sequence[Any], bits: Sequence[int]) -> list[tuple]:
     """`weight_stats._tensor_squared_deviation_parts` of every tensor (the same values):
     (m, k, exact grid sum) each, in one pass over the whole tree."""
-    lib = library()
-    out = []
-    params = np.empty((len(tensors), 3), np.float32)  # mu, 2**-k, 2**bits
-    for t in range(len(tensors)):
-        mu = np.float32(mus[t])
-        m = np.maximum(np.float32(his[t] - mu), np.float32(mu - los[t]))
-        k = _exponent(m, -100)
-        params[t] = (mu, math.ldexp(1.0, -k), math.ldexp(1.0, bits[t]))
-        out.append([m, k, 0.0])
-    blocks = [[b for b in _blocks(x) if len(b)] for x in tensors]
-    addrs, lens, owners = _piece_table(blocks)
-    mu, kscale, scale = (np.ascontiguousarray(params[owners, j]) for j in range(3))
-    totals = np.empty(len(lens), np.float64)
-    lib.ws_pass_sqdev(_workers(), len(lens), _p(addrs), _p(lens), _p(mu), _p(kscale), _p(scale),
-                      _p(totals))
-    for t, total in zip(owners.tolist(), totals.tolist()):
-        out[t][2] += total
-    return [tuple(o) for o in out]
+    mu = np.asarray(mus, np.float32)
+    m = np.maximum(np.asarray(his, np.float32) - mu, mu - np.asarray(los, np.float32))
+    k = np.maximum(np.frexp(m)[1], -100)
+    kscale = np.ldexp(np.float32(1), -k).astype(np.float32)
+    scale = np.ldexp(np.float32(1), np.asarray(bits, np.int32)).astype(np.float32)
+    o = pieces.owners
+    p_mu, p_kscale, p_scale = mu[o], kscale[o], scale[o]
+    totals = np.empty(len(pieces), np.float64)
+    library().ws_pass_sqdev(_workers(), len(pieces), _p(pieces.addrs), _p(pieces.lens), _p(p_mu),
+                            _p(p_kscale), _p(p_scale), _p(totals))
+    total = np.zeros(pieces.count, np.float64)
+    np.add.at(total, o, totals)  # integers below 2**53: exact in any order
+    return [(m[t], int(k[t]), float(total[t])) for t in range(pieces.count)]
 
 
 def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
@@ -294,6 +304,7 @@ class _DrawJobs:
         self.params: list[tuple] = []  # (k0, k1, rule, mu, sigma) of each add()
         self.counts: list[int] = []  # its number of jobs
         self.keep: list[np.ndarray] = []
+        self.runs: list[tuple] = []  # (address, n, k0, k1, rule, mu, sigma) of each add_run()
 
     def add(self, out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
             mu: np.float32, sigma: np.float32) -> None:
@@ -322,7 +333,30 @@ class _DrawJobs:
         self.params.append((k0, k1, rule, mu, sigma))
         self.counts.append(len(firsts))
 
+    def add_run(self, address: int, n: int, k0: int, k1: int, rule: int, mu: np.float32,
+                sigma: np.float32) -> None:
+        """Draw flat indices 0..n-1 (a whole tensor) into the n floats at `address`. Runs are
+        cut into jobs all at once in `run`: no NumPy work per tensor (~50 us each)."""
+        self.runs.append((address, n, k0, k1, rule, mu, sigma))
+
+    def _run_jobs(self) -> None:
+        address, n, *params = (np.array(v) for v in zip(*self.runs))
+        per = -(-n.astype(np.int64) // TASK)
+        start = (np.arange(int(per.sum()), dtype=np.int64)
+                 - np.repeat(np.cumsum(per) - per, per)) * TASK  # = the global flat index
+        self.keep.append(start)
+        c = self.cols
+        c["out"].append(np.repeat(address.astype(np.uint64), per) + 4 * start.astype(np.uint64))
+        c["base"].append(np.uint64(start.ctypes.data)
+                         + 8 * np.arange(len(start), dtype=np.uint64))
+        c["nrows"].append(np.ones(len(start), np.int64))
+        c["rowlen"].append(np.minimum(TASK, np.repeat(n.astype(np.int64), per) - start))
+        self.params += [tuple(v) for v in zip(*params)]
+        self.counts += per.tolist()
+
     def run(self) -> None:
+        if self.runs:
+            self._run_jobs()
         if not self.keep:
             return
         cols = [np.concatenate(self.cols[k]) for k in self.cols]
@@ -373,11 +407,19 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
             raise ValueError(f"counter_rng draws tensors of up to 2**32 elements, got {shape}")
         rule = {"N(0,sigma)": 0, "N(mu,sigma)": 1}[r["rule"]]
         params = (int(r["k0"]), int(r["k1"]), rule, np.float32(r["mu"]), np.float32(r["sigma"]))
+        shards = target.addressable_shards if target is not None else None
+        if shards is not None and len(shards) == 1 and shards[0].data.size == math.prod(shape):
+            # one buffer holding the whole tensor (row-major): one run, no NumPy view
+            if shards[0].data.size:
+                jobs.add_run(shards[0].data.unsafe_buffer_pointer(), shards[0].data.size,
+                             *params)
+            finish.append((r, target, None, [], []))
+            continue
         drawn: dict[tuple, np.ndarray] = {}
         copies: list[tuple[np.ndarray, np.ndarray]] = []
         if target is not None:
             devices = None
-            slots = [(s.index, _buffer_view(s.data, s.index, shape)) for s in target.addressable_shards]
+            slots = [(s.index, _buffer_view(s.data, s.index, shape)) for s in shards]
         else:
             index_map = r["sharding"].addressable_devices_indices_map(shape)
             devices = list(index_map)
