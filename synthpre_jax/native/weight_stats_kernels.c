@@ -253,28 +253,31 @@ static inline uint32_t mix32(uint32_t x) {
     return x ^ (x >> 15);
 }
 
-/* Natural log of a positive normal float32 u = m * 2**e (m in [1, 2)), from a table: the
+/* -log(u), u = 1 - x**2 = m * 2**e (m in [1, 2)) a positive normal float32, from a table: the
  * top three bits of m pick c_i = 1 + (i + 1/2) / 8; r = m / c_i - 1 is within +-1/17, where
  * log1p(r) needs only a degree-5 polynomial (error r**6 / 6 < 1e-8). Over every u the draws
  * take, |error| <= 5.4e-7 (2.9e-7 where w < 5), like Cephes' degree-8 logf (4.8e-7), in
- * about half the vector instructions. The scalar and the AVX2 forms do the same float32
- * operations, so every build draws the same values. */
+ * about half the vector instructions. The signs are folded into the tables and
+ * coefficients. The scalar and the AVX2 forms do the same float32 operations, so every build
+ * draws the same values. */
 static const float LOG_INV_C[8] __attribute__((aligned(32))) = {  /* 1 / c_i, rounded */
     0.941176474f, 0.842105269f, 0.761904776f, 0.695652187f,
     0.639999986f, 0.592592597f, 0.551724136f, 0.516129017f};
-static const float LOG_C[8] __attribute__((aligned(32))) = {  /* -log(LOG_INV_C[i]), rounded */
-    6.062461808e-02f, 1.718502492e-01f, 2.719337046e-01f, 3.629054725e-01f,
-    4.462871253e-01f, 5.232481360e-01f, 5.947071314e-01f, 6.613985300e-01f};
+static const float NEG_LOG_C[8] __attribute__((aligned(32))) = {  /* log(LOG_INV_C[i]) */
+    -6.062461808e-02f, -1.718502492e-01f, -2.719337046e-01f, -3.629054725e-01f,
+    -4.462871253e-01f, -5.232481360e-01f, -5.947071314e-01f, -6.613985300e-01f};
 
-static inline float log_poly(float r) {  /* log1p(r) for |r| <= 1/17 */
-    float p = fmaf(r, 0.2f, -0.25f);
-    p = fmaf(p, r, 0.33333333f);
-    p = fmaf(p, r, -0.5f);
-    p = fmaf(p, r, 1.0f);
+static inline float neg_log1p_small(float r) {  /* -log1p(r) for |r| <= 1/17 */
+    float p = fmaf(r, -0.2f, 0.25f);
+    p = fmaf(p, r, -0.33333333f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, -1.0f);
     return p * r;
 }
 
-static inline float log_pos(float u) {
+/* w = -log(1 - x**2), 1 - x**2 taken with one rounding (an FMA) */
+static inline float neg_log_1mx2(float x) {
+    const float u = fmaf(-x, x, 1.0f);
     uint32_t b;
     memcpy(&b, &u, 4);
     const int32_t e = (int32_t)(b >> 23) - 127;
@@ -282,30 +285,30 @@ static inline float log_pos(float u) {
     const uint32_t mb = (b & 0x007fffffu) | 0x3f800000u;
     float m;
     memcpy(&m, &mb, 4);
-    return fmaf((float)e, 0.69314718f, LOG_C[i] + log_poly(fmaf(m, LOG_INV_C[i], -1.0f)));
+    return fmaf((float)e, -0.69314718f,
+                NEG_LOG_C[i] + neg_log1p_small(fmaf(m, LOG_INV_C[i], -1.0f)));
 }
 
 #if defined(__AVX2__)
-/* -log((1 - x)(1 + x)) of 8 draws, the table read with one permute per column */
+/* neg_log_1mx2 of 8 draws, the table read with one permute per column */
 static inline void neg_log_1mx2_8(const float *x, float *w) {
-    const __m256 one = _mm256_set1_ps(1.0f), xv = _mm256_loadu_ps(x);
-    const __m256 u = _mm256_mul_ps(_mm256_sub_ps(one, xv), _mm256_add_ps(one, xv));
+    const __m256 xv = _mm256_loadu_ps(x);
+    const __m256 u = _mm256_fnmadd_ps(xv, xv, _mm256_set1_ps(1.0f));
     const __m256i b = _mm256_castps_si256(u);
     const __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(127));
     const __m256i i = _mm256_srli_epi32(b, 20);  /* the permute reads its low 3 bits */
     const __m256 m = _mm256_castsi256_ps(_mm256_or_si256(
         _mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
     const __m256 inv = _mm256_permutevar8x32_ps(_mm256_load_ps(LOG_INV_C), i);
-    const __m256 lc = _mm256_permutevar8x32_ps(_mm256_load_ps(LOG_C), i);
+    const __m256 lc = _mm256_permutevar8x32_ps(_mm256_load_ps(NEG_LOG_C), i);
     const __m256 r = _mm256_fmadd_ps(m, inv, _mm256_set1_ps(-1.0f));
-    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(0.2f), _mm256_set1_ps(-0.25f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.33333333f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-0.5f));
-    p = _mm256_fmadd_ps(p, r, one);
+    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(-0.2f), _mm256_set1_ps(0.25f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-0.33333333f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-1.0f));
     p = _mm256_mul_ps(p, r);
-    const __m256 lg = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(0.69314718f),
-                                      _mm256_add_ps(lc, p));
-    _mm256_storeu_ps(w, _mm256_sub_ps(_mm256_setzero_ps(), lg));
+    _mm256_storeu_ps(w, _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(-0.69314718f),
+                                        _mm256_add_ps(lc, p)));
 }
 #endif
 
@@ -337,7 +340,7 @@ static inline __attribute__((always_inline)) void normals_block(
 #if defined(__AVX2__)
     for (; j1 + 8 <= m; j1 += 8) neg_log_1mx2_8(xs + j1, ws + j1);
 #endif
-    for (; j1 < m; j1++) ws[j1] = -log_pos((1.0f - xs[j1]) * (1.0f + xs[j1]));
+    for (; j1 < m; j1++) ws[j1] = neg_log_1mx2(xs[j1]);
     for (int64_t j = 0; j < m; j++) {
         float x = xs[j], w = ws[j];
         float t = w - 2.5f;
@@ -357,8 +360,9 @@ static inline __attribute__((always_inline)) void normals_block(
     }
 }
 
-static inline float uniform_of_top(int32_t top) {  /* counter_rng's x in (-1, 1) */
-    return (float)(top * 2 - 16777215) * 5.9604644775390625e-8f;
+static inline float uniform_of_top(int32_t top) {
+    /* counter_rng's x = (2 top - 2**24 + 1) / 2**24 in (-1, 1), exactly, in one FMA */
+    return fmaf((float)top, 1.1920928955078125e-7f, -0.99999994039535522f);
 }
 
 /* One block of m <= BLOCK draws starting at flat index i0: the hash into uniforms (a third
