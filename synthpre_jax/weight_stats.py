@@ -263,26 +263,35 @@ def group_statistics(tensors: Sequence[Any], groups: Sequence[Sequence[int]],
     if len(members) != len(set(members)):
         raise ValueError("group_statistics: a tensor is in more than one group")
     counts = [math.prod(np.shape(x)) for x in tensors]
-    bits = [_fixed_bits(n) for n in counts]
-    # on CPUs the compiled kernels, one pass over the whole tree at a time (same values)
-    native = weight_stats_native.usable(tensors)
-    pieces = weight_stats_native.Pieces(tensors) if native else None
-    parts = (weight_stats_native.sum_parts_all(pieces, bits) if native else
-             _program_parts(_tensor_sum_parts, [(x,) for x in tensors], bits))
-    sums, hi_lo = _exact_sums(parts, bits, names)
     size = [sum(counts[i] for i in g) for g in groups]
+    for g, n in zip(groups, size):
+        if n == 0:
+            raise UserError("a weight-stats group has no elements (its tensors are empty: "
+                            f"{_short([names[i] for i in g])}); leave them out of the scheme")
+    # empty tensors add nothing to any sum (and have no max for the exact-sum grid)
+    used = [i for i, n in enumerate(counts) if n]
+    sub, sub_names = tuple(tensors[i] for i in used), [names[i] for i in used]
+    bits = [_fixed_bits(counts[i]) for i in used]
+    # on CPUs the compiled kernels, one pass over the whole tree at a time (same values)
+    native = weight_stats_native.usable(sub)
+    pieces = weight_stats_native.Pieces(sub) if native else None
+    parts = (weight_stats_native.sum_parts_all(pieces, bits) if native else
+             _program_parts(_tensor_sum_parts, [(x,) for x in sub], bits))
+    sums = np.zeros(len(tensors))
+    sums[used], hi_lo = _exact_sums(parts, bits, sub_names)
     mus = np.array([sum(sums[i] for i in g) / n for g, n in zip(groups, size)])
     tensor_mu = np.zeros(len(tensors), np.float32)
     for g, mu in zip(groups, mus):
         tensor_mu[list(g)] = mu
+    sub_mu = tensor_mu[used]
     if native:
         parts = weight_stats_native.squared_deviation_parts_all(
-            pieces, tensor_mu, [h for h, _ in hi_lo], [lo for _, lo in hi_lo], bits)
+            pieces, sub_mu, [h for h, _ in hi_lo], [lo for _, lo in hi_lo], bits)
     else:
         parts = _program_parts(_tensor_squared_deviation_parts,
-                               [(x, tensor_mu[i], *hi_lo[i]) for i, x in enumerate(tensors)],
-                               bits)
-    sq, _ = _exact_sums(parts, bits, names, squared=True)
+                               [(x, sub_mu[j], *hi_lo[j]) for j, x in enumerate(sub)], bits)
+    sq = np.zeros(len(tensors))
+    sq[used], _ = _exact_sums(parts, bits, sub_names, squared=True)
     sigmas = np.sqrt([sum(sq[i] for i in g) / n for g, n in zip(groups, size)])
     return mus, sigmas
 

@@ -427,3 +427,18 @@ def test_grid_sums_are_exact_integers_of_any_layout():
     with jax.enable_x64(True):
         md = np.asarray(ws._tensor_squared_deviation_parts(x, mu, hi, lo, bits=bits)[0])
     assert md == np.max(np.abs(x - mu))
+
+
+def test_empty_tensors_add_nothing_to_their_group():
+    """A 0-element tensor has no max for the exact-sum grid: it is left out of the sums (the
+    group's statistics are those of its other tensors); a group with no elements at all is one
+    clear error."""
+    rng = np.random.default_rng(2)
+    full = rng.standard_normal(1000).astype(np.float32) * 0.3 + 0.1
+    empty = np.zeros((0, 4), np.float32)
+    with_empty = ws.group_statistics([empty, full, np.full(3, 2.0, np.float32)], [[0, 1], [2]])
+    without = ws.group_statistics([full, np.full(3, 2.0, np.float32)], [[0], [1]])
+    np.testing.assert_array_equal(with_empty[0], without[0])
+    np.testing.assert_array_equal(with_empty[1], without[1])
+    with pytest.raises(UserError, match=r"group has no elements .*enc/e"):
+        ws.group_statistics([empty, full], [[0], [1]], ["enc/e", "enc/f"])
