@@ -176,8 +176,8 @@ class Pieces:
         start = (np.arange(int(per_block.sum()), dtype=np.int64) - first) * TASK
         self.owners = np.repeat(block_owner, per_block)
         self.lens = np.minimum(TASK, np.repeat(lengths, per_block) - start)
-        self.addrs = (np.repeat(np.array([b.ctypes.data for b in self.blocks], np.uint64),
-                                per_block) + 4 * start.astype(np.uint64))
+        self.addrs = (np.repeat(_addresses(self.blocks), per_block)
+                      + 4 * start.astype(np.uint64))
         # pieces of tensor t are [bounds[t], bounds[t + 1]) (owners ascend)
         self.bounds = np.searchsorted(self.owners, np.arange(self.count + 1))
 
