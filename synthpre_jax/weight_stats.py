@@ -213,7 +213,11 @@ def _tensor_squared_deviation_parts(x: jax.Array, mu: jax.Array, hi: jax.Array, 
     m = jnp.maximum(hi - mu, mu - lo)
     d = x - mu
     k = jnp.maximum(jnp.frexp(m)[1], -100)
-    d = d * jnp.ldexp(jnp.float32(1), -k)
+    # two exact power-of-two steps: for |x| >= 2**126, 2**-k alone is subnormal, which XLA
+    # flushes to zero (every deviation would vanish); the CPU kernels' one step is the same
+    # value
+    half = k // 2
+    d = d * jnp.ldexp(jnp.float32(1), -half) * jnp.ldexp(jnp.float32(1), half - k)
     return m, k, _grid_sum(jnp.square(d), jnp.int32(0), bits)
 
 

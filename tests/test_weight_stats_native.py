@@ -230,3 +230,19 @@ def test_kernel_normals_at_every_input_against_float64():
     assert err.max() < 2e-6, (err.max(), v[err.argmax()])
     xla = np.asarray(np.sqrt(np.float32(2)) * jax.jit(counter_rng.erfinv)(v), np.float64)
     assert np.abs(z - xla).max() < 2e-6
+
+
+@needs_kernels
+def test_huge_values_give_the_same_statistics_on_both_paths(monkeypatch):
+    """|x| near float32's max: the deviations' scale 2**-k is subnormal for k >= 127, which
+    XLA flushes to zero (the XLA programs gave std 0); both paths now agree with NumPy."""
+    rng = np.random.default_rng(8)
+    x = (rng.uniform(-1, 1, 1000) * 1e38).astype(np.float32)
+    native = ws.group_statistics([x], [[0]])
+    monkeypatch.setattr(wn, "library", lambda: None)
+    xla = ws.group_statistics([jax.device_put(x)], [[0]])
+    np.testing.assert_array_equal(native[0], xla[0])
+    np.testing.assert_array_equal(native[1], xla[1])
+    ref = x.astype(np.float64)
+    assert native[0][0] == pytest.approx(ref.mean(), rel=1e-6)
+    assert native[1][0] == pytest.approx(ref.std(), rel=1e-6)
