@@ -72,11 +72,12 @@ def _search_paths(raw: Sequence[str]) -> list[str]:
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse files then bindings; raise UserError with one line on any problem."""
-    for p in list(_search_paths(search_paths)) + default_search_paths() + ["."]:
+    search = _search_paths(search_paths) + default_search_paths()
+    for p in search + ["."]:
         gin.add_config_file_search_path(p)
     files = []
     for f in gin_files:
-        found = _resolve(f, list(_search_paths(search_paths)) + default_search_paths())
+        found = _resolve(f, search)
         if found is None:
             raise UserError(f"gin file {f!r} not found (searched the working directory and "
                             f"{', '.join(default_search_paths() + _search_paths(search_paths)) or 'no search paths'})")
@@ -87,13 +88,12 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
         try:
             gin.parse_config_file(f)
         except UnicodeDecodeError as e:
-            bad = _first_non_utf8(f, list(_search_paths(search_paths)) + default_search_paths())
+            bad = _first_non_utf8(f, search)
             where = f if bad in (None, f) else f"{bad} (included by {f})"
             why = f" ({e.reason} at byte {e.start})" if bad in (None, f) and e.reason else ""
             raise UserError(f"gin file {where} is not UTF-8 text{why}; save it as UTF-8") from None
         except Exception as e:  # gin raises many types; all are configuration mistakes here
-            search = [""] + list(_search_paths(search_paths)) + default_search_paths() + ["."]
-            raise UserError(_include_problem(f, str(e), search)
+            raise UserError(_include_problem(f, str(e), [""] + search + ["."])
                             or f"in gin file {f}: {_short(e)}{_gin_suggestion(str(e))}") from None
     for b in gin_bindings:
         try:

@@ -156,6 +156,16 @@ def _addresses(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([a.ctypes.data for a in arrays], np.uint64)
 
 
+def _cut(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stretches of `lengths` elements cut into jobs of TASK elements or fewer: each job's
+    stretch, its start within the stretch and its length (all stretches at once, no loop)."""
+    per = -(-lengths // TASK)
+    owner = np.repeat(np.arange(len(lengths)), per)
+    first = np.repeat(np.cumsum(per) - per, per)  # each stretch's first job
+    start = (np.arange(int(per.sum()), dtype=np.int64) - first) * TASK
+    return owner, start, np.minimum(TASK, lengths[owner] - start)
+
+
 class Pieces:
     """Every tensor cut into pieces of TASK elements or fewer, as parallel arrays (address,
     length, owning tensor), built once for both statistics passes. Holds the blocks (a block
@@ -169,15 +179,9 @@ class Pieces:
                 if len(b):
                     self.blocks.append(b)
                     owner.append(t)
-        block_owner = np.array(owner, np.int64)
-        lengths = np.array([len(b) for b in self.blocks], np.int64)
-        per_block = -(-lengths // TASK)
-        first = np.repeat(np.cumsum(per_block) - per_block, per_block)
-        start = (np.arange(int(per_block.sum()), dtype=np.int64) - first) * TASK
-        self.owners = np.repeat(block_owner, per_block)
-        self.lens = np.minimum(TASK, np.repeat(lengths, per_block) - start)
-        self.addrs = (np.repeat(_addresses(self.blocks), per_block)
-                      + 4 * start.astype(np.uint64))
+        block, start, self.lens = _cut(np.array([len(b) for b in self.blocks], np.int64))
+        self.owners = np.array(owner, np.int64)[block]
+        self.addrs = _addresses(self.blocks)[block] + 4 * start.astype(np.uint64)
         # pieces of tensor t are [bounds[t], bounds[t + 1]) (owners ascend)
         self.bounds = np.searchsorted(self.owners, np.arange(self.count + 1))
 
@@ -301,58 +305,51 @@ class _DrawJobs:
     def __init__(self) -> None:
         self.cols: dict[str, list[np.ndarray]] = {k: [] for k in ("out", "base", "nrows",
                                                                   "rowlen")}
-        self.params: list[tuple] = []  # (k0, k1, rule, mu, sigma) of each add()
+        self.params: list[tuple] = []  # (k0, k1, rule, mu, sigma) of each batch of rows or run
         self.counts: list[int] = []  # its number of jobs
         self.keep: list[np.ndarray] = []
-        self.runs: list[tuple] = []  # (address, n, k0, k1, rule, mu, sigma) of each add_run()
+        self.runs: list[tuple] = []  # (address, base, n, k0, k1, rule, mu, sigma) of each run
 
     def add(self, out: np.ndarray, bases: np.ndarray, rowlen: int, k0: int, k1: int, rule: int,
             mu: np.float32, sigma: np.float32) -> None:
         """Draw the rows starting at global flat indices `bases` (each `rowlen` long) into
-        `out` (C-contiguous), in jobs of about TASK elements: several short rows, or one
-        piece of a long one."""
-        if rowlen > TASK:  # pieces of long rows, each its own one-row job
-            cuts = np.arange(0, rowlen, TASK, dtype=np.int64)
-            offsets = (np.arange(len(bases), dtype=np.int64)[:, None] * rowlen + cuts).ravel()
-            bases = (bases[:, None] + cuts).ravel()
-            nrows = np.ones(len(bases), np.int64)
-            lengths = np.tile(np.minimum(TASK, rowlen - cuts), len(bases) // len(cuts))
-            firsts = np.arange(len(bases), dtype=np.int64)
-        else:
-            rows = TASK // max(rowlen, 1)
-            firsts = np.arange(0, len(bases), rows, dtype=np.int64)
-            offsets = firsts * rowlen
-            nrows = np.minimum(rows, len(bases) - firsts)
-            lengths = np.full(len(firsts), rowlen, np.int64)
+        `out` (C-contiguous): rows longer than a job as runs, short ones several to a job."""
+        if rowlen > TASK:
+            self.keep.append(out)
+            for r, base in enumerate(bases.tolist()):
+                self.add_run(out.ctypes.data + 4 * r * rowlen, base, rowlen, k0, k1, rule, mu,
+                             sigma)
+            return
+        rows = TASK // max(rowlen, 1)
+        firsts = np.arange(0, len(bases), rows, dtype=np.int64)
         self.keep += [out, bases]
         c = self.cols
-        c["out"].append(np.uint64(out.ctypes.data) + (4 * offsets).astype(np.uint64))
+        c["out"].append(np.uint64(out.ctypes.data) + (4 * rowlen * firsts).astype(np.uint64))
         c["base"].append(np.uint64(bases.ctypes.data) + (8 * firsts).astype(np.uint64))
-        c["nrows"].append(nrows)
-        c["rowlen"].append(lengths)
+        c["nrows"].append(np.minimum(rows, len(bases) - firsts))
+        c["rowlen"].append(np.full(len(firsts), rowlen, np.int64))
         self.params.append((k0, k1, rule, mu, sigma))
         self.counts.append(len(firsts))
 
-    def add_run(self, address: int, n: int, k0: int, k1: int, rule: int, mu: np.float32,
-                sigma: np.float32) -> None:
-        """Draw flat indices 0..n-1 (a whole tensor) into the n floats at `address`. Runs are
+    def add_run(self, address: int, base: int, n: int, k0: int, k1: int, rule: int,
+                mu: np.float32, sigma: np.float32) -> None:
+        """Draw global flat indices base..base+n-1 into the n floats at `address`. Runs are
         cut into jobs all at once in `run`: no NumPy work per tensor (~50 us each)."""
-        self.runs.append((address, n, k0, k1, rule, mu, sigma))
+        self.runs.append((address, base, n, k0, k1, rule, mu, sigma))
 
     def _run_jobs(self) -> None:
-        address, n, *params = (np.array(v) for v in zip(*self.runs))
-        per = -(-n.astype(np.int64) // TASK)
-        start = (np.arange(int(per.sum()), dtype=np.int64)
-                 - np.repeat(np.cumsum(per) - per, per)) * TASK  # = the global flat index
-        self.keep.append(start)
+        address, base, n, *params = (np.array(v) for v in zip(*self.runs))
+        run, start, length = _cut(n.astype(np.int64))
+        first = base.astype(np.int64)[run] + start  # the global flat index of each job
+        self.keep.append(first)
         c = self.cols
-        c["out"].append(np.repeat(address.astype(np.uint64), per) + 4 * start.astype(np.uint64))
-        c["base"].append(np.uint64(start.ctypes.data)
-                         + 8 * np.arange(len(start), dtype=np.uint64))
-        c["nrows"].append(np.ones(len(start), np.int64))
-        c["rowlen"].append(np.minimum(TASK, np.repeat(n.astype(np.int64), per) - start))
+        c["out"].append(address.astype(np.uint64)[run] + 4 * start.astype(np.uint64))
+        c["base"].append(np.uint64(first.ctypes.data)
+                         + 8 * np.arange(len(first), dtype=np.uint64))
+        c["nrows"].append(np.ones(len(first), np.int64))
+        c["rowlen"].append(length)
         self.params += [tuple(v) for v in zip(*params)]
-        self.counts += per.tolist()
+        self.counts += np.bincount(run, minlength=len(self.runs)).tolist()
 
     def run(self) -> None:
         if self.runs:
@@ -411,7 +408,7 @@ def draw_many(requests: Sequence[dict]) -> list[Any]:
         if shards is not None and len(shards) == 1 and shards[0].data.size == math.prod(shape):
             # one buffer holding the whole tensor (row-major): one run, no NumPy view
             if shards[0].data.size:
-                jobs.add_run(shards[0].data.unsafe_buffer_pointer(), shards[0].data.size,
+                jobs.add_run(shards[0].data.unsafe_buffer_pointer(), 0, shards[0].data.size,
                              *params)
             finish.append((r, target, None, [], []))
             continue

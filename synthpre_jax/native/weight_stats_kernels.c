@@ -53,7 +53,8 @@ static void run_jobs(int nthreads, int64_t n, job_fn fn, const void *ctx) {
 /* max(x), min(x) and whether any element is not finite, as monotone int32 keys: the
  * sign-magnitude bits mapped to an integer order, so that the loop vectorises. -0 orders below
  * +0, which changes nothing downstream (only |max| and |min| are used). */
-static void minmax_keys(const float *x, int64_t n, int32_t *hi_io, int32_t *lo_io, int32_t *bad_io) {
+static void minmax_keys(const float *x, int64_t n, int32_t *hi_io, int32_t *lo_io,
+                        int32_t *bad_io) {
     const int32_t *b = (const int32_t *)x;
     int32_t hi = *hi_io, lo = *lo_io, bad = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -81,11 +82,6 @@ static int64_t grid_sum(const float *x, int64_t n, float scale) {
     int64_t s = 0;
     for (int64_t i = 0; i < n; i++) s += (int32_t)rintf(x[i] * scale);
     return s;
-}
-
-/* as a double (exact: the caller keeps n * 2**29 <= 2**53) */
-double ws_grid_sum_f32(const float *x, int64_t n, float scale) {
-    return (double)grid_sum(x, n, scale);
 }
 
 #define SUB 4096  /* elements of a sub-block: 16 KB, read from memory once and kept in L1 */
@@ -138,9 +134,11 @@ static void grid_sums3(const float *x, int64_t n, const float *next, float s0, f
         const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8),
                      x2 = _mm256_loadu_ps(x + i + 16);
 #define Q(xv, sv) _mm256_cvtps_epi32(_mm256_mul_ps(xv, sv))
-        a0 = add_widened(a0, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v0), Q(x1, v0)), Q(x2, v0)));
-        t1 = _mm256_add_epi32(t1, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v1), Q(x1, v1)), Q(x2, v1)));
-        t2 = _mm256_add_epi32(t2, _mm256_add_epi32(_mm256_add_epi32(Q(x0, v2), Q(x1, v2)), Q(x2, v2)));
+#define Q3(sv) _mm256_add_epi32(_mm256_add_epi32(Q(x0, sv), Q(x1, sv)), Q(x2, sv))
+        a0 = add_widened(a0, Q3(v0));
+        t1 = _mm256_add_epi32(t1, Q3(v1));
+        t2 = _mm256_add_epi32(t2, Q3(v2));
+#undef Q3
 #undef Q
         if (groups % 2 == 1) {
             a1 = add_widened(a1, t1);
@@ -439,7 +437,7 @@ struct grid_sum_pass {
 
 static void grid_sum_job(const void *ctx, int64_t i) {
     const struct grid_sum_pass *p = (const struct grid_sum_pass *)ctx;
-    p->out[i] = ws_grid_sum_f32(p->x[i], p->n[i], p->scale[i]);
+    p->out[i] = (double)grid_sum(p->x[i], p->n[i], p->scale[i]);  /* exact: n * 2**29 <= 2**53 */
 }
 
 void ws_pass_grid_sum(int nthreads, int64_t jobs, const float *const *x, const int64_t *n,
