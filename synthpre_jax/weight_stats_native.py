@@ -24,22 +24,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
 import math
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from synthpre_jax import native_build
 
-SOURCE = Path(__file__).resolve().parent / "native" / "weight_stats_kernels.c"
+SOURCE = native_build.NATIVE_DIR / "weight_stats_kernels.c"
 # -ffp-contract=off: no FMA contraction, so float32 results are XLA's; -fno-trapping-math and
 # -fno-math-errno let the selects and sqrt vectorise without changing any value.
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -47,52 +40,11 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-t
 TASK = 1 << 18  # elements per job: ~80 us to read, ~0.4 ms to draw; hand-offs cost ~0.1 us
 
 
-def _cpu_features() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "synthpre_jax"
-
-
-def _build(target: Path) -> None:
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise OSError(f"no C compiler ({compiler}) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
-                              text=True, timeout=120)
-        if proc.returncode != 0:
-            raise OSError(f"{compiler} failed: {proc.stderr.strip()[:300]}")
-        os.replace(tmp, target)  # atomic: concurrent builders each publish a whole library
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @functools.lru_cache(maxsize=1)
 def library() -> Optional[ctypes.CDLL]:
     """The compiled kernels, or None (disabled, or no working compiler: logged once)."""
-    if os.environ.get("SYNTHPRE_NATIVE_KERNELS", "1") == "0":
-        return None
-    tag = hashlib.sha256("\n".join([SOURCE.read_text(encoding="utf-8"), " ".join(FLAGS),
-                                    os.environ.get("CC") or "cc", platform.machine(),
-                                    _cpu_features()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"weight_stats_kernels-{tag}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.info("weight-stats native kernels unavailable (%s); using the XLA programs", e)
+    lib = native_build.load(SOURCE, FLAGS, "the XLA programs")
+    if lib is None:
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.ws_pass_minmax_gridsums.argtypes = [ctypes.c_int, i64, ptr, ptr, ptr, ctypes.c_int32, ptr,

@@ -226,17 +226,17 @@ class SimpleTask(SyntheticTask):
             keep = np.arange(size)[None, :] < m[:, None]
             return Ragged(self.pool.pick((perm[keep] + 0.5) / size), m)
         out = Ragged(self._tokens(d.sub("try0"), m), m)
-        attempt = 0
-        while True:
-            key = out.row_ids().astype(np.int64) << 32 | out.values.astype(np.int64)
-            srt = np.sort(key)
-            redo = unique_sorted(srt[1:][srt[1:] == srt[:-1]] >> 32)
-            if not len(redo):
-                return out
+        redo, attempt = _rows_with_repeats(out), 0
+        while len(redo):
             attempt += 1
             mask = np.zeros(len(m), dtype=bool)
             mask[redo] = True
-            out.values[np.repeat(mask, m)] = self._tokens(d.take(redo).sub(f"try{attempt}"), m[redo])
+            where = np.repeat(mask, m)
+            values = self._tokens(d.take(redo).sub(f"try{attempt}"), m[redo])
+            out.values[where] = values
+            # Only re-drawn rows can hold repeats now: check just those.
+            redo = redo[_rows_with_repeats(Ragged(values, m[redo]))]
+        return out
 
     # -- search / delete: query present or absent, then length rejection ------
     def _query_task(self, d: Draws, threshold: float) -> Ragged:
@@ -356,6 +356,17 @@ class SimpleTask(SyntheticTask):
 
 
 MIN_ABSENT_ACCEPTANCE = 1e-3  # at most ~1,000 rounds per query-absent example on average
+
+
+def _rows_with_repeats(r: Ragged) -> np.ndarray:
+    """Sorted indices of the rows that hold some value twice (values >= 0). The keys are
+    (row, value) packed into uint32 when they fit, which NumPy sorts ~2x faster than int64."""
+    if not len(r.values):
+        return np.zeros(0, np.int64)
+    vb = max(int(r.values.max()).bit_length(), 1)
+    dt = np.uint32 if vb + max(len(r) - 1, 1).bit_length() <= 32 else np.int64
+    srt = np.sort(r.row_ids().astype(dt) << dt(vb) | r.values.astype(dt))
+    return unique_sorted(srt[1:][srt[1:] == srt[:-1]] >> dt(vb)).astype(np.int64)
 
 
 def absent_acceptance(lo: int, hi: int) -> float:

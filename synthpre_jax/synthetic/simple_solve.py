@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
-from synthpre_jax.synthetic.pyset import native_matches_emulation, set_operation_lists
+from synthpre_jax.synthetic.pyset import set_rows
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_occurrences, reverse_rows,
                                            segment_positions, split_at_first, stable_sort_index,
                                            take_rows)
@@ -253,21 +253,10 @@ def solve_replace(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 
 def _setop(op: str, swap: bool) -> Callable:
     def solve(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
+        """The authors' `list(set(x).union(set(y)))`, `.intersection`, `set(x) - set(y)`."""
         s1, s2 = split_at_first(raw, ARG_DIVIDER)
         a, b = (s2, s1) if swap else (s1, s2)
-        pairs = zip(a.tolists(), b.tolists())
-        if order == "cpython" and native_matches_emulation():
-            # The authors' expressions on this interpreter's sets (checked equal to the
-            # emulation): set(x).union(set(y)), .intersection(set(y)), set(x) - set(y).
-            if op == "union":
-                rows = [list(set(x).union(set(y))) for x, y in pairs]
-            elif op == "intersection":
-                rows = [list(set(x).intersection(set(y))) for x, y in pairs]
-            else:
-                rows = [list(set(x) - set(y)) for x, y in pairs]
-        else:
-            rows = [set_operation_lists(op, x, y, order) for x, y in pairs]
-        return Ragged.from_rows(rows)
+        return set_rows(op, a, b, order)
     return solve
 
 
