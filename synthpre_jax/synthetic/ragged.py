@@ -128,20 +128,21 @@ def prepend(r: Ragged, const: Sequence[int]) -> Ragged:
 
 def join(parts: Sequence[Ragged], separators: Sequence[Sequence[int]] = ()) -> Ragged:
     """Row-wise concatenation: parts[0] sep[0] parts[1] sep[1] ... (same row count)."""
-    pieces = []
-    for k, p in enumerate(parts):
-        pieces.append(p)
-        if k < len(separators) and len(separators[k]):
-            s = np.asarray(separators[k], dtype=ID_DTYPE)
-            pieces.append(Ragged(np.tile(s, len(p)), np.full(len(p), len(s))))
-    lengths = sum(p.lengths for p in pieces)
+    n = len(parts[0])
+    seps = [np.asarray(separators[k] if k < len(separators) else (), dtype=ID_DTYPE)
+            for k in range(len(parts))]
+    lengths = sum(p.lengths for p in parts) + sum(len(s) for s in seps)
     out = np.empty(int(lengths.sum()), dtype=ID_DTYPE)
-    row_start = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=row_start[1:])
-    before = np.zeros(len(lengths), dtype=np.int64)  # length of earlier pieces in the row
-    for p in pieces:
-        out[np.repeat(row_start + before, p.lengths) + p.positions()] = p.values
+    before = np.zeros(n, dtype=np.int64)  # row start + length of the earlier pieces
+    np.cumsum(lengths[:-1], out=before[1:])
+    for p, sep in zip(parts, seps):
+        # One index per value: its row's slot start minus its offset in p, plus its index.
+        shift = before - p.offsets[:-1]
+        out[np.repeat(shift, p.lengths) + np.arange(len(p.values))] = p.values
         before += p.lengths
+        if len(sep):
+            out[before[:, None] + np.arange(len(sep))] = sep
+            before += len(sep)
     return Ragged(out, lengths)
 
 

@@ -16,8 +16,10 @@ unrelated. Samplers must draw each stage once per example (`Draws` enforces it);
 rejection loops name their rounds (`sub(f"try{k}")`) so that an example's draws
 never depend on which other examples share its chunk.
 
-`UniformStream` serves per-example Python samplers (LIME, nonsense summaries):
-the same counter-based numbers, prefetched for all examples of a chunk at once.
+`UniformStream` serves per-example Python samplers (nonsense summaries, LIME's
+reference loop): the same counter-based numbers, prefetched for all examples of a
+chunk at once; `stream_numbers` gives any position of many streams at once, for
+samplers that follow a per-example loop's order of draws vectorised (LIME).
 """
 from __future__ import annotations
 
@@ -170,6 +172,12 @@ class Draws:
         u = self.uniform(1)
         return lo + np.minimum((u * (hi - lo + 1)).astype(np.int64), hi - lo)
 
+    def stream_keys(self) -> np.ndarray:
+        """The stage's per-row keys, for `stream_numbers`: the numbers each row's
+        `UniformStream` would yield, taken at any positions, for all rows at once."""
+        self._claim()
+        return self.keys
+
     def streams(self, prefetch: int = 128) -> list["UniformStream"]:
         """One Python stream per row; the first `prefetch` numbers come in one pass."""
         self._claim()
@@ -180,6 +188,13 @@ class Draws:
         j = np.arange(offset + 1, offset + k + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
             return to_unit(mix(self.keys[:, None] + j[None, :] * GOLDEN))
+
+
+def stream_numbers(keys: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Number j (1-based, elementwise) of the streams with these keys: what the j-th
+    `UniformStream.random()` of each stream returns, for vectorised per-example samplers."""
+    with np.errstate(over="ignore"):
+        return to_unit(mix(np.asarray(keys, np.uint64) + np.asarray(j).astype(np.uint64) * GOLDEN))
 
 
 class UniformStream:

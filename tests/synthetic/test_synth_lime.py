@@ -130,3 +130,30 @@ def test_a_max_length_nothing_fits_is_rejected_not_looped_on(mode):
         LimeTask(mode, max_length=60)
     t = LimeTask(mode, max_length=110)  # tight but feasible
     assert generate_range(t, 0, "train", 0, 32)["inputs"].lengths.max() <= 110
+
+
+CONFIGS = [dict(mode="induct"), dict(mode="deduct"), dict(mode="abduct"),
+           dict(mode="abduct", num_tokens=100), dict(mode="induct", max_length=110),
+           dict(mode="deduct", order="first_occurrence"),
+           dict(mode="deduct", num_chars_range=(1, 3), pattern_length_range=(0, 4),
+                subst_length_range=(0, 3)),
+           dict(mode="abduct", num_upper=6, num_lower=3, num_math=2, num_chars_range=(2, 6),
+                max_length=90)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_block_sampler_equals_the_per_example_loop(cfg, monkeypatch):
+    """The vectorised block sampler takes each row's numbers at the positions the per-example
+    loop on Python lists takes them (rejection rounds, shuffle, substitutions): same examples,
+    with the C set kernels and without them."""
+    from synthpre_jax.synthetic import pyset
+    from synthpre_jax.synthetic.rng import Draws
+
+    t = LimeTask(**cfg)
+    d = Draws.for_examples(11, "validation", t.key, range(5, 605))
+    want = t.sample_rows_per_example(d)
+    for kernels in (pyset._kernels, lambda: None):
+        monkeypatch.setattr(pyset, "_kernels", kernels)
+        got = t.sample_rows(Draws.for_examples(11, "validation", t.key, range(5, 605)))
+        for f in ("inputs", "targets"):
+            assert got[f].tolists() == want[f].tolists(), f
