@@ -18,10 +18,10 @@ agree the interpreter's sets are used for single lists (~50x faster than the
 emulation), otherwise the emulation.
 
 Whole blocks of rows (`set_rows`, what the generators call) go through the
-same emulation written in C (`native/pyset_kernels.c`, built on first use):
-~2-3 us per row of a set-operation task against ~20 us for Python lists and sets
-per row. Without a C
-compiler, rows go one by one through the path above, with the same results.
+same emulation written in C (`native/synthetic_kernels.c`, built on first use):
+~2-3 us per row of a set-operation task against ~20 us for Python lists and
+sets per row. Without a C compiler, rows go one by one through the path above,
+with the same results.
 
 `order="first_occurrence"` is the documented canonical alternative: union is the
 distinct tokens of s1 then s2 in first-occurrence order, the other operations
@@ -29,14 +29,13 @@ keep the first-occurrence order of their left operand.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import platform
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from synthpre_jax import native_build
+from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.ragged import Ragged
 
 LINEAR_PROBES = 9
@@ -329,20 +328,9 @@ def set_operation_lists(op: str, a: list, b: list, order: str = "cpython") -> li
 _OPS = {"set": 0, "union": 1, "intersection": 2, "difference": 3}
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> Optional[ctypes.CDLL]:
-    lib = native_build.load(native_build.NATIVE_DIR / "pyset_kernels.c",
-                            ("-O2", "-fPIC", "-shared"), "Python sets per row")
-    if lib is not None:
-        ptr = ctypes.c_void_p
-        lib.ps_rows.argtypes = [ctypes.c_int, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr, ptr]
-        lib.ps_rows.restype = ctypes.c_int
-    return lib
-
-
 def _rows_native(op: str, a: Ragged, b: Optional[Ragged]) -> Optional[Ragged]:
     """`set_rows` in C, or None (no library, or keys the kernel's hash does not cover)."""
-    lib = _kernels()
+    lib = native.kernels()
     if lib is None or (len(a.values) and int(a.values.min()) < 0) or (
             b is not None and len(b.values) and int(b.values.min()) < 0):
         return None

@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from synthpre_jax.synthetic.native import sort_keys
+
 ID_DTYPE = np.int32
 
 
@@ -189,7 +191,7 @@ def reverse_rows(r: Ragged) -> Ragged:
 
 def unique_sorted(a: np.ndarray) -> np.ndarray:
     """Sorted distinct values (sort-based; NumPy 2's hash-based `unique` is slower here)."""
-    s = np.sort(a)
+    s = sort_keys(a)
     if len(s) == 0:
         return s
     keep = np.empty(len(s), dtype=bool)
@@ -200,7 +202,7 @@ def unique_sorted(a: np.ndarray) -> np.ndarray:
 
 def isin_sorted(probe: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """`np.isin` by sorting (NumPy 2's hash-based `isin` is slower on these sizes)."""
-    s = np.sort(keys)
+    s = sort_keys(keys)
     if len(s) == 0:
         return np.zeros(len(probe), dtype=bool)
     idx = np.minimum(np.searchsorted(s, probe), len(s) - 1)
@@ -214,7 +216,7 @@ def first_occurrences(key: np.ndarray) -> np.ndarray:
     if len(s):
         keep[0] = True
         np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return np.sort(order[keep])
+    return sort_keys(order[keep])
 
 
 def fill_empty(r: Ragged, marker: int) -> Ragged:
@@ -414,9 +416,10 @@ def pack_like_seqio(block: dict, lengths: dict) -> dict:
 def stable_sort_index(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted keys, stable argsort) of non-negative int keys.
 
-    When key and position fit in 63 bits together, both come from one `np.sort`
-    of `key << b | position` (SIMD-sorted, several times faster than a stable
-    argsort); the result is the same as `np.argsort(key, kind="stable")`.
+    When key and position fit in 63 bits together, both come from one sort of
+    `key << b | position` (`native.sort_keys`: a radix sort, or NumPy's SIMD sort;
+    several times faster than a stable argsort); the result is the same as
+    `np.argsort(key, kind="stable")`.
     """
     key = np.asarray(key, dtype=np.int64)
     n = len(key)
@@ -427,5 +430,8 @@ def stable_sort_index(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if lo < 0 or hi.bit_length() + b > 63:
         order = np.argsort(key, kind="stable")
         return key[order], order
-    packed = np.sort((key << b) | np.arange(n, dtype=np.int64))
+    if hi.bit_length() + b <= 32:  # half the bytes to sort
+        packed = sort_keys((key.astype(np.uint32) << np.uint32(b)) | np.arange(n, dtype=np.uint32))
+        return (packed >> np.uint32(b)).astype(np.int64), (packed & np.uint32((1 << b) - 1)).astype(np.int64)
+    packed = sort_keys((key << b) | np.arange(n, dtype=np.int64))
     return packed >> b, packed & ((1 << b) - 1)

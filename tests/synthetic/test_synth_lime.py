@@ -146,14 +146,14 @@ def test_block_sampler_equals_the_per_example_loop(cfg, monkeypatch):
     """The vectorised block sampler takes each row's numbers at the positions the per-example
     loop on Python lists takes them (rejection rounds, shuffle, substitutions): same examples,
     with the C set kernels and without them."""
-    from synthpre_jax.synthetic import pyset
+    from synthpre_jax.synthetic import native
     from synthpre_jax.synthetic.rng import Draws
 
     t = LimeTask(**cfg)
     d = Draws.for_examples(11, "validation", t.key, range(5, 605))
     want = t.sample_rows_per_example(d)
-    for kernels in (pyset._kernels, lambda: None):
-        monkeypatch.setattr(pyset, "_kernels", kernels)
+    for kernels in (native.kernels, lambda: None):
+        monkeypatch.setattr(native, "kernels", kernels)
         got = t.sample_rows(Draws.for_examples(11, "validation", t.key, range(5, 605)))
         for f in ("inputs", "targets"):
             assert got[f].tolists() == want[f].tolists(), f

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import synth_helpers  # noqa: F401  (sys.path)
-from synthpre_jax.synthetic import pyset
+from synthpre_jax.synthetic import native, pyset
 from synthpre_jax.synthetic.pyset import EmulatedSet, set_rows
 from synthpre_jax.synthetic.ragged import Ragged
 
-needs_kernels = pytest.mark.skipif(pyset._kernels() is None, reason="no C compiler here")
+needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="no C compiler here")
 OPS = ("union", "intersection", "difference")
 
 
@@ -64,7 +64,7 @@ def test_without_the_kernels_rows_go_through_python(monkeypatch):
     a_rows, b_rows = next(_blocks(seed=3, count=1, rows=60))
     a, b = Ragged.from_rows(a_rows), Ragged.from_rows(b_rows)
     fast = {op: set_rows(op, a, b).tolists() for op in OPS}
-    monkeypatch.setattr(pyset, "_kernels", lambda: None)
+    monkeypatch.setattr(native, "kernels", lambda: None)
     for op in OPS:
         assert set_rows(op, a, b).tolists() == fast[op]
         assert set_rows(op, a, b).tolists() == [pyset.set_operation(op, x, y)

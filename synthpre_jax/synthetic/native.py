@@ -1,0 +1,54 @@
+"""The generators' C kernels (`native/synthetic_kernels.c`), built on first use.
+
+Two things NumPy does slowly for the generators: CPython `set` layouts (`pyset.set_rows`,
+otherwise Python sets per row) and sorting integer keys (`sort_keys`, otherwise `np.sort`,
+a comparison sort that some CPUs run 4-6x slower than others). Both are optional: without
+a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python paths give the same
+results. No JAX or TensorFlow import.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Optional
+
+import numpy as np
+
+from synthpre_jax import native_build
+
+SOURCE = native_build.NATIVE_DIR / "synthetic_kernels.c"
+FLAGS = ("-O2", "-fPIC", "-shared")
+MIN_RADIX = 2048  # below this many keys np.sort's call is cheaper than the radix passes
+
+
+@functools.lru_cache(maxsize=1)
+def kernels() -> Optional[ctypes.CDLL]:
+    lib = native_build.load(SOURCE, FLAGS, "NumPy and Python sets")
+    if lib is not None:
+        ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.ps_rows.argtypes = [i32, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.ps_rows.restype = i32
+        for name in ("sk_sort_u64", "sk_sort_u32"):
+            getattr(lib, name).argtypes = [i64, ptr, ptr, i32]
+            getattr(lib, name).restype = i32
+    return lib
+
+
+def sort_keys(a: np.ndarray) -> np.ndarray:
+    """`np.sort(a)` of a 1-D integer array, by an LSD radix sort when the keys are
+    non-negative and the kernels are available."""
+    a = np.asarray(a)
+    lib = kernels()
+    if (lib is None or a.ndim != 1 or len(a) < MIN_RADIX or len(a) >= 2**32
+            or a.dtype.kind not in "iu" or a.dtype.itemsize not in (4, 8)):
+        return np.sort(a)
+    if a.dtype.kind == "i" and int(a.min()) < 0:
+        return np.sort(a)
+    wide = a.dtype.itemsize == 8
+    out = np.array(a, dtype=np.uint64 if wide else np.uint32)
+    tmp = np.empty_like(out)
+    bits = int(out.max()).bit_length()
+    sort = lib.sk_sort_u64 if wide else lib.sk_sort_u32
+    if sort(len(out), out.ctypes.data, tmp.ctypes.data, bits) != 0:
+        raise MemoryError("radix sort: out of memory")
+    return out.view(a.dtype)

@@ -1,0 +1,38 @@
+"""`native.sort_keys` (the generators' radix sort) against `np.sort`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthpre_jax.synthetic import native
+from synthpre_jax.synthetic.native import sort_keys
+
+needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="no C compiler here")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,bits", [(np.int64, 41), (np.int64, 63), (np.uint64, 64),
+                                        (np.uint32, 25), (np.uint32, 32), (np.int32, 31),
+                                        (np.int64, 11), (np.int64, 0)])
+@pytest.mark.parametrize("n", [native.MIN_RADIX, 5000, 70001])
+def test_radix_sort_equals_numpy(dtype, bits, n):
+    rng = np.random.default_rng(bits * 7 + n)
+    hi = np.iinfo(dtype).max if bits == np.iinfo(dtype).bits else (1 << bits) - 1
+    a = rng.integers(0, hi, n, dtype=dtype, endpoint=True)
+    a[::7] = a[3]  # repeats
+    a[: n // 3] = np.sort(a[: n // 3])[::-1]  # a descending run
+    if bits > 20:  # keys sharing their low digits: some passes are skipped, others not
+        a[n // 2:] &= ~np.array((1 << 11) - 1, dtype=dtype)
+    got = sort_keys(a)
+    assert got.dtype == a.dtype and np.array_equal(got, np.sort(a))
+    assert not np.shares_memory(got, a)
+
+
+def test_fallbacks_give_numpy_results(monkeypatch):
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(-50, 50, 5000), rng.integers(0, 9, 10), np.zeros(0, np.int64),
+              rng.integers(0, 2**15, 5000).astype(np.int16)):
+        assert np.array_equal(sort_keys(a), np.sort(a))
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    a = rng.integers(0, 2**40, 9000)
+    assert np.array_equal(sort_keys(a), np.sort(a))
