@@ -22,11 +22,13 @@
 #define EMPTY (-1)
 #define DUMMY (-2)
 
+typedef int32_t slot_t;  /* a key (>= 0), EMPTY or DUMMY */
+
 typedef struct {
-    int64_t *table;
+    slot_t *table;
     uint64_t mask;
     int64_t fill, used;
-    int64_t small[MINSIZE];
+    slot_t small[MINSIZE];
 } eset;
 
 static void es_init(eset *s) {
@@ -42,7 +44,7 @@ static void es_free(eset *s) {
 }
 
 /* set_insert_clean: the table has no dummies and no `key`. */
-static void insert_clean(int64_t *t, uint64_t mask, int64_t key) {
+static void insert_clean(slot_t *t, uint64_t mask, slot_t key) {
     uint64_t perturb = (uint64_t)key, i = (uint64_t)key & mask;
     for (;;) {
         if (t[i] == EMPTY) { t[i] = key; return; }
@@ -59,10 +61,10 @@ static void insert_clean(int64_t *t, uint64_t mask, int64_t key) {
 static int resize(eset *s, int64_t minused) {
     uint64_t newsize = MINSIZE;
     while ((int64_t)newsize <= minused) newsize <<= 1;
-    int64_t copy[MINSIZE];
-    int64_t *old = s->table;
+    slot_t copy[MINSIZE];
+    slot_t *old = s->table;
     uint64_t oldmask = s->mask;
-    int64_t *fresh;
+    slot_t *fresh;
     if (newsize == MINSIZE) {
         if (old == s->small) {
             if (s->fill == s->used) return 0;  /* small table, no dummies: nothing to do */
@@ -71,7 +73,7 @@ static int resize(eset *s, int64_t minused) {
         }
         fresh = s->small;
     } else {
-        fresh = malloc(newsize * sizeof(int64_t));
+        fresh = malloc(newsize * sizeof(slot_t));
         if (!fresh) return -1;
     }
     for (uint64_t i = 0; i < newsize; i++) fresh[i] = EMPTY;
@@ -85,8 +87,8 @@ static int resize(eset *s, int64_t minused) {
 }
 
 /* set_lookkey: the slot holding `key`, or -1. Dummies are passed over. */
-static int64_t lookup(const eset *s, int64_t key) {
-    const int64_t *t = s->table;
+static int64_t lookup(const eset *s, slot_t key) {
+    const slot_t *t = s->table;
     uint64_t mask = s->mask, perturb = (uint64_t)key, i = (uint64_t)key & mask;
     for (;;) {
         uint64_t probes = (i + LINEAR_PROBES <= mask) ? LINEAR_PROBES : 0;
@@ -100,14 +102,14 @@ static int64_t lookup(const eset *s, int64_t key) {
 }
 
 /* set_add_entry. */
-static int add(eset *s, int64_t key) {
-    int64_t *t = s->table;
+static int add(eset *s, slot_t key) {
+    slot_t *t = s->table;
     uint64_t mask = s->mask, perturb = (uint64_t)key, i = (uint64_t)key & mask;
     int64_t freeslot = -1;
     for (;;) {
         uint64_t probes = (i + LINEAR_PROBES <= mask) ? LINEAR_PROBES : 0;
         for (uint64_t j = i; j <= i + probes; j++) {
-            int64_t e = t[j];
+            slot_t e = t[j];
             if (e == EMPTY) {
                 if (freeslot >= 0) {  /* reuse a dummy: fill unchanged */
                     t[freeslot] = key;
@@ -128,7 +130,7 @@ static int add(eset *s, int64_t key) {
     }
 }
 
-static void discard(eset *s, int64_t key) {
+static void discard(eset *s, slot_t key) {
     int64_t j = lookup(s, key);
     if (j >= 0) {
         s->table[j] = DUMMY;
@@ -142,7 +144,7 @@ static int merge(eset *s, const eset *o) {
     if ((uint64_t)(s->fill + o->used) * 5 >= s->mask * 3)
         if (resize(s, (s->used + o->used) * 2)) return -1;
     if (s->fill == 0 && s->mask == o->mask && o->fill == o->used) {
-        memcpy(s->table, o->table, (o->mask + 1) * sizeof(int64_t));
+        memcpy(s->table, o->table, (o->mask + 1) * sizeof(slot_t));
         s->fill = o->fill;
         s->used = o->used;
         return 0;
@@ -172,7 +174,7 @@ static int intersection(eset *out, const eset *a, const eset *b) {
     const eset *big = a, *small = b;
     if (small->used > big->used) { big = b; small = a; }
     for (uint64_t i = 0; i <= small->mask; i++) {
-        int64_t k = small->table[i];
+        slot_t k = small->table[i];
         if (k >= 0 && lookup(big, k) >= 0 && add(out, k)) return -1;
     }
     return 0;
@@ -201,41 +203,145 @@ static int difference(eset *out, const eset *a, const eset *b) {
         return difference_update(out, b);
     }
     for (uint64_t i = 0; i <= a->mask; i++) {
-        int64_t k = a->table[i];
+        slot_t k = a->table[i];
         if (k >= 0 && lookup(b, k) < 0 && add(out, k)) return -1;
     }
     return 0;
 }
 
+/* The keys in table order. Branch-free (about a third of the slots hold keys, so a branch
+ * would mispredict often): every slot is written at out[n], so out needs one slot of room
+ * past the result. */
 static int64_t emit(const eset *s, int32_t *out) {
     int64_t n = 0;
-    for (uint64_t i = 0; i <= s->mask; i++)
-        if (s->table[i] >= 0) out[n++] = (int32_t)s->table[i];
+    for (uint64_t i = 0; i <= s->mask; i++) {
+        slot_t k = s->table[i];
+        out[n] = k;
+        n += k >= 0;
+    }
     return n;
+}
+
+/* ---- the same, faster, when every key is small -------------------------------------------
+ * With keys below a few million, "was k seen in this row's operand" is stamp[k] == tag (the
+ * row's tag, so the arrays need no clearing between rows). A key known to be absent from a
+ * table without dummies goes where set_add_entry would put it: the first empty slot of its
+ * probe sequence, which is what insert_clean finds. So set(list), the union's second merge,
+ * the intersection and the plain difference need no key comparisons while probing. */
+#define STAMP_LIMIT (1 << 22)
+
+static int add_new(eset *s, slot_t key) {
+    insert_clean(s->table, s->mask, key);
+    s->fill++;
+    s->used++;
+    if ((uint64_t)s->fill * 5 < s->mask * 3) return 0;
+    return resize(s, s->used > 50000 ? s->used * 2 : s->used * 4);
+}
+
+/* set(list): the row's distinct keys in first-occurrence order (a branch-free pass into
+ * `scratch`, n slots), each added as new. */
+static int from_list_stamped(eset *s, const int32_t *v, int64_t n, uint32_t *stamp,
+                             uint32_t tag, int32_t *scratch) {
+    es_init(s);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t k = v[i];
+        scratch[m] = k;
+        m += stamp[k] != tag;
+        stamp[k] = tag;
+    }
+    for (int64_t i = 0; i < m; i++)
+        if (add_new(s, scratch[i])) return -1;
+    return 0;
+}
+
+/* The keys of s in table order whose membership in the other operand (stamp[k] == tag) is
+ * `member`, into scratch (branch-free, like emit; scratch needs mask + 2 slots). */
+static int64_t collect(const eset *s, const uint32_t *stamp, uint32_t tag, int member,
+                       int32_t *scratch) {
+    int64_t m = 0;
+    for (uint64_t i = 0; i <= s->mask; i++) {
+        slot_t k = s->table[i];
+        scratch[m] = k;
+        m += (k >= 0) & ((stamp[k < 0 ? 0 : k] == tag) == member);
+    }
+    return m;
+}
+
+static int add_all_new(eset *s, const int32_t *keys, int64_t m) {
+    for (int64_t i = 0; i < m; i++)
+        if (add_new(s, keys[i])) return -1;
+    return 0;
+}
+
+/* op 1..3 of rows a, b built with stamps sa, sb (tag): the result in res (initialised). */
+static int op_stamped(int op, eset *res, const eset *a, const eset *b, const uint32_t *sa,
+                      const uint32_t *sb, uint32_t tag, int32_t *scratch) {
+    if (op == 1) {
+        if (merge(res, a)) return -1;
+        if (res->fill == 0 || b->used == 0) return merge(res, b);
+        if ((uint64_t)(res->fill + b->used) * 5 >= res->mask * 3
+            && resize(res, (res->used + b->used) * 2)) return -1;
+        return add_all_new(res, scratch, collect(b, sa, tag, 0, scratch));
+    }
+    if (op == 2) {
+        if (b->used > a->used) return add_all_new(res, scratch, collect(a, sb, tag, 1, scratch));
+        return add_all_new(res, scratch, collect(b, sa, tag, 1, scratch));
+    }
+    if ((a->used >> 2) > b->used) {  /* set_copy_and_difference: dummies, the general code */
+        es_free(res);
+        return difference(res, a, b);
+    }
+    return add_all_new(res, scratch, collect(a, sb, tag, 0, scratch));
 }
 
 /* For each row r: op 0 `list(set(a_r))`, 1 `list(set(a_r).union(set(b_r)))`,
  * 2 `list(set(a_r).intersection(set(b_r)))`, 3 `list(set(a_r) - set(b_r))`.
  * Rows of a (and b) are v[off[r]:off[r+1]]; keys must be >= 0. Row r's result goes to
  * out[out_off[r]:out_off[r] + out_len[r]], where out_off[r] = a_off[r] + b_off[r] (b_off all
- * zero for op 0), room enough for any result. Returns 0, or -1 when out of memory. */
+ * zero for op 0), room enough for any result; out needs one more slot at its end (see emit).
+ * Returns 0, or -1 when out of memory. */
 int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const int32_t *bv,
             const int64_t *boff, int32_t *out, int64_t *out_len) {
+    int32_t maxkey = 0;
+    for (int64_t i = 0; i < aoff[rows]; i++) if (av[i] > maxkey) maxkey = av[i];
+    if (op)
+        for (int64_t i = 0; i < boff[rows]; i++) if (bv[i] > maxkey) maxkey = bv[i];
+    int64_t longest = 0;
     for (int64_t r = 0; r < rows; r++) {
+        int64_t na = aoff[r + 1] - aoff[r], nb = op ? boff[r + 1] - boff[r] : 0;
+        if (na > longest) longest = na;
+        if (nb > longest) longest = nb;
+    }
+    uint32_t *sa = NULL, *sb = NULL;
+    int32_t *scratch = NULL;
+    if (maxkey < STAMP_LIMIT && rows < (int64_t)UINT32_MAX) {
+        sa = calloc((size_t)maxkey + 1, sizeof(uint32_t));
+        sb = calloc((size_t)maxkey + 1, sizeof(uint32_t));
+        /* a row's keys, or a table of it (<= 8 * longest slots) */
+        scratch = malloc(((size_t)longest * 8 + 16) * sizeof(int32_t));
+        if (!sa || !sb || !scratch) { free(sa); free(sb); free(scratch); sa = sb = NULL; }
+    }
+    int err = 0;
+    for (int64_t r = 0; r < rows && !err; r++) {
         eset a, b, res;
-        int err = from_list(&a, av + aoff[r], aoff[r + 1] - aoff[r]);
+        uint32_t tag = (uint32_t)r + 1;
+        const int32_t *ra = av + aoff[r], *rb = bv + (op ? boff[r] : 0);
+        int64_t na = aoff[r + 1] - aoff[r], nb = op ? boff[r + 1] - boff[r] : 0;
         int32_t *dst = out + aoff[r] + (op ? boff[r] : 0);
+        es_init(&b);
+        es_init(&res);
+        err = sa ? from_list_stamped(&a, ra, na, sa, tag, scratch) : from_list(&a, ra, na);
         if (op == 0) {
             if (!err) out_len[r] = emit(&a, dst);
             es_free(&a);
-            if (err) return -1;
             continue;
         }
-        if (!err) err = from_list(&b, bv + boff[r], boff[r + 1] - boff[r]);
-        else es_init(&b);
-        es_init(&res);
+        if (!err) err = sa ? from_list_stamped(&b, rb, nb, sb, tag, scratch)
+                          : from_list(&b, rb, nb);
         if (!err) {
-            if (op == 1) err = merge(&res, &a) || merge(&res, &b);
+            if (sa) err = op_stamped(op, &res, &a, &b, sa, sb, tag, scratch);
+            else if (op == 1) err = merge(&res, &a) || merge(&res, &b);
             else if (op == 2) err = intersection(&res, &a, &b);
             else err = difference(&res, &a, &b);
         }
@@ -243,9 +349,11 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const 
         es_free(&a);
         es_free(&b);
         es_free(&res);
-        if (err) return -1;
     }
-    return 0;
+    free(sa);
+    free(sb);
+    free(scratch);
+    return err ? -1 : 0;
 }
 
 /* ---- LSD radix sort of non-negative integer keys --------------------------------------

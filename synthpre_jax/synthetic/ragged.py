@@ -237,20 +237,25 @@ def fill_empty(r: Ragged, marker: int) -> Ragged:
 
 def split_at_first(r: Ragged, sep: int) -> tuple[Ragged, Ragged]:
     """Each row -> (before the first `sep`, after it). Every row must contain `sep`."""
-    rows = r.row_ids()
     hit = np.flatnonzero(r.values == sep)
-    hit_rows, first = np.unique(rows[hit], return_index=True)
-    if len(hit_rows) != len(r):
-        raise ValueError(f"every raw input must contain the separator {sep}")
+    off = r.offsets
+    # Rows of the hits, ascending: a row's first hit is where the row id changes.
+    hit_rows = np.searchsorted(off, hit, side="right") - 1
+    first = np.ones(len(hit), dtype=bool)
+    np.not_equal(hit_rows[1:], hit_rows[:-1], out=first[1:])
     sep_pos = hit[first]
-    starts = r.starts
-    left_len = sep_pos - starts
+    if len(sep_pos) != len(r):
+        raise ValueError(f"every raw input must contain the separator {sep}")
+    left_len = sep_pos - off[:-1]
     right_len = r.lengths - left_len - 1
-    pos = np.arange(len(r.values))
-    sep_of = np.repeat(sep_pos, r.lengths)
-    left = Ragged(r.values[pos < sep_of], left_len)
-    right = Ragged(r.values[pos > sep_of], right_len)
-    return left, right
+    return (Ragged(r.values[_spans(off[:-1], left_len)], left_len),
+            Ragged(r.values[_spans(sep_pos + 1, right_len)], right_len))
+
+
+def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices starts[k] .. starts[k] + lengths[k] - 1, for every k, concatenated."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+        int(lengths.sum()))
 
 
 def partition_counts(d, n: np.ndarray, k: np.ndarray, nonzero: bool) -> np.ndarray:
