@@ -396,3 +396,26 @@ int NAME(int64_t n, T *keys, T *tmp, int bits) {                                
 /* keys[0:n] sorted in place (tmp: n more keys of scratch); every key < 2**bits. n < 2**32. */
 DEFINE_RADIX_SORT(sk_sort_u64, uint64_t, 6)
 DEFINE_RADIX_SORT(sk_sort_u32, uint32_t, 3)
+
+/* ---- nested-dependency sentences: the stack walk of `nesting.NestingLanguageTask` ----------
+ * Sentence s has n[s] arcs, heads[...] holds its n[s] heads and may_open[...] its 2 n[s] move
+ * draws (both flat, sentence after sentence). At position t it opens its next arc when it
+ * has arcs left, is below max_depth and is at depth 0 or may_open[t]; otherwise it closes
+ * the arc on top of its stack. An opening writes the arc's head, a closing head + 1. */
+void nl_walk(int64_t count, const int64_t *n, const uint8_t *may_open, const int32_t *heads,
+             int32_t max_depth, int32_t *out) {
+    int32_t stack[max_depth > 0 ? max_depth : 1];
+    for (int64_t s = 0; s < count; s++) {
+        int32_t depth = 0, opened = 0, ns = (int32_t)n[s];
+        for (int64_t t = 0; t < 2 * (int64_t)ns; t++) {
+            if (opened < ns && depth < max_depth && (depth == 0 || may_open[t])) {
+                stack[depth++] = opened;
+                *out++ = heads[opened++];
+            } else {
+                *out++ = heads[stack[--depth]] + 1;
+            }
+        }
+        heads += ns;
+        may_open += 2 * (int64_t)ns;
+    }
+}

@@ -1,10 +1,11 @@
 """The generators' C kernels (`native/synthetic_kernels.c`), built on first use.
 
-Two things NumPy does slowly for the generators: CPython `set` layouts (`pyset.set_rows`,
-otherwise Python sets per row) and sorting integer keys (`sort_keys`, otherwise `np.sort`,
-a comparison sort that some CPUs run 4-6x slower than others). Both are optional: without
-a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python paths give the same
-results. No JAX or TensorFlow import.
+Three things NumPy does slowly for the generators: CPython `set` layouts
+(`pyset.set_rows`, otherwise Python sets per row), sorting integer keys (`sort_keys`,
+otherwise `np.sort`, a comparison sort that some CPUs run 4-6x slower than others) and the
+nesting language's per-sentence stack walk (otherwise one NumPy step per position). All
+are optional: without a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python
+paths give the same results (tests compare them). No JAX or TensorFlow import.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         for name in ("sk_sort_u64", "sk_sort_u32"):
             getattr(lib, name).argtypes = [i64, ptr, ptr, i32]
             getattr(lib, name).restype = i32
+        lib.nl_walk.argtypes = [i64, ptr, ptr, ptr, ctypes.c_int32, ptr]
+        lib.nl_walk.restype = None
     return lib
 
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.ragged import ID_DTYPE, Ragged
-from synthpre_jax.synthetic.rng import Draws
+from synthpre_jax.synthetic.rng import Draws, stream_numbers
 
 
 GUIDE_BITS = 16      # head_ranks' guide table: 2^16 buckets of u
@@ -99,17 +100,20 @@ class NestingLanguageTask(SyntheticTask):
         span = mp - self.min_pairs + 1
         u_n = d.sub("pairs").matrix(k).reshape(-1)
         n = self.min_pairs + np.minimum((u_n * span).astype(np.int64), span - 1)
+        lib = native.kernels()
+        if lib is not None and count:
+            return self._sentences_native(lib, d, k, n)
         u_heads = d.sub("heads").matrix(k * mp).reshape(count, mp)
         used = np.arange(mp)[None, :] < n[:, None]   # heads past a sentence's n are never read
         heads = np.zeros((count, mp), dtype=ID_DTYPE)
         heads[used] = self.first_id + 2 * self.head_ranks(u_heads[used])
+        moves = d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp)
         steps = 2 * int(n.max()) if count else 0
         # Sentences sorted by length (longest first), so the ones still being written
         # at position t are a prefix and every step works on array views.
         perm = np.argsort(-n, kind="stable")
         ns = n[perm]
         live = np.searchsorted(-2 * ns, -np.arange(steps), side="left")  # #(2n > t)
-        moves = d.sub("moves").matrix(k * 2 * mp).reshape(count, 2 * mp)
         may_open = np.ascontiguousarray((moves[:, :steps] < self.open_prob)[perm].T)
         # The loop tracks arcs by their open index k (int32, narrow and cheap); the
         # stack has a spare column D that takes the writes of sentences that close.
@@ -146,6 +150,27 @@ class NestingLanguageTask(SyntheticTask):
         rows = out.T[inv]
         lengths = 2 * n
         return Ragged(rows[np.arange(rows.shape[1])[None, :] < lengths[:, None]], lengths)
+
+    def _sentences_native(self, lib, d: Draws, k: int, n: np.ndarray) -> Ragged:
+        """`sentences` with the walk in C, drawing only the numbers it reads: sentence i of
+        row r takes head p and move t from the same stream positions as the matrices of the
+        NumPy path (i * max_pairs + p + 1 and i * 2 * max_pairs + t + 1)."""
+        mp = self.max_pairs
+        sent = np.arange(len(n))
+        row, i = sent // k, sent % k
+        heads_at = np.repeat(i * mp + 1 - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        srow = np.repeat(row, n)
+        heads = (self.first_id + 2 * self.head_ranks(
+            stream_numbers(d.sub("heads").stream_keys()[srow], heads_at))).astype(np.int32)
+        n2 = 2 * n
+        moves_at = np.repeat(i * 2 * mp + 1 - (np.cumsum(n2) - n2), n2) + np.arange(int(n2.sum()))
+        may_open = (stream_numbers(d.sub("moves").stream_keys()[np.repeat(row, n2)], moves_at)
+                    < self.open_prob).view(np.uint8)
+        out = np.empty(int(n2.sum()), dtype=np.int32)
+        n = np.ascontiguousarray(n, dtype=np.int64)
+        lib.nl_walk(len(n), n.ctypes.data, may_open.ctypes.data, heads.ctypes.data,
+                    self.max_depth, out.ctypes.data)
+        return Ragged(out, n2)
 
     def sample_rows(self, d: Draws) -> dict:
         k = self.sentences_per_example

@@ -185,3 +185,19 @@ def test_a_one_word_nonsense_vocabulary_is_one_letter():
 
     assert nonsense_vocabulary(1) == ["a"] and nonsense_vocabulary(26)[-1] == "z"
     assert len(nonsense_vocabulary(27)[26]) == 2 and len(nonsense_vocabulary(5000)[0]) == 3
+
+
+@pytest.mark.parametrize("settings", [{}, dict(max_depth=1), dict(min_pairs=1, max_pairs=40),
+                                      dict(max_depth=3, open_prob=0.9, sentences_per_example=3)])
+def test_nesting_walk_in_c_equals_the_numpy_walk(settings, monkeypatch):
+    """The C stack walk draws only the numbers it reads, at the stream positions of the
+    NumPy lockstep walk's matrices: the same sentences."""
+    from synthpre_jax.synthetic import native
+
+    if native.kernels() is None:
+        pytest.skip("no C compiler here")
+    t = NestingLanguageTask(**settings)
+    fast = generate_range(t, 5, "train", 0, 700)["targets"]
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    slow = generate_range(t, 5, "train", 0, 700)["targets"]
+    assert np.array_equal(fast.lengths, slow.lengths) and np.array_equal(fast.values, slow.values)
