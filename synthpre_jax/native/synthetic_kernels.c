@@ -397,6 +397,67 @@ int NAME(int64_t n, T *keys, T *tmp, int bits) {                                
 DEFINE_RADIX_SORT(sk_sort_u64, uint64_t, 6)
 DEFINE_RADIX_SORT(sk_sort_u32, uint32_t, 3)
 
+/* ---- per-row orders ------------------------------------------------------------------------
+ * sk_row_argsort: perm = np.argsort(u + rows) for u in [0, 1) and non-decreasing row ids, as
+ * a bucket sort within each row (bucket floor(u * L) for a row of L, then an insertion sort
+ * that has only in-bucket neighbours to fix): one pass instead of a 63-bit sort of the whole
+ * block. Returns 1 when two keys u + row (float64, as NumPy adds them) are not strictly
+ * increasing in that order: a tie, whose order np.argsort decides, so the caller uses it. */
+int sk_row_argsort(int64_t n, const double *u, const int64_t *rows, int64_t *perm) {
+    int64_t longest = 0;
+    for (int64_t s = 0, e; s < n; s = e) {
+        for (e = s + 1; e < n && rows[e] == rows[s]; e++) {}
+        if (e - s > longest) longest = e - s;
+    }
+    int64_t *cnt = malloc(((size_t)longest + 1) * sizeof(int64_t));
+    if (!cnt) return -1;
+    for (int64_t s = 0, e; s < n; s = e) {
+        for (e = s + 1; e < n && rows[e] == rows[s]; e++) {}
+        int64_t L = e - s;
+        memset(cnt, 0, ((size_t)L + 1) * sizeof(int64_t));
+        for (int64_t i = s; i < e; i++) {
+            int64_t b = (int64_t)(u[i] * (double)L);
+            cnt[(b < L ? b : L - 1) + 1]++;
+        }
+        for (int64_t b = 0; b < L; b++) cnt[b + 1] += cnt[b];
+        for (int64_t i = s; i < e; i++) {
+            int64_t b = (int64_t)(u[i] * (double)L);
+            perm[s + cnt[b < L ? b : L - 1]++] = i;
+        }
+        for (int64_t k = s + 1; k < e; k++) {
+            int64_t x = perm[k], j = k;
+            double ux = u[x];
+            while (j > s && u[perm[j - 1]] > ux) { perm[j] = perm[j - 1]; j--; }
+            perm[j] = x;
+        }
+    }
+    free(cnt);
+    for (int64_t k = 1; k < n; k++) {
+        volatile double a = u[perm[k - 1]] + (double)rows[perm[k - 1]];
+        volatile double b = u[perm[k]] + (double)rows[perm[k]];
+        if (!(b > a)) return 1;
+    }
+    return 0;
+}
+
+/* sk_first_in_rows: mask[i] = 1 where values[i] (0 <= v <= maxval) first occurs in its row
+ * (rows given by their lengths), by per-row stamps. */
+int sk_first_in_rows(int64_t rows, const int64_t *lengths, const int32_t *values, int32_t maxval,
+                     uint8_t *mask) {
+    uint32_t *stamp = calloc((size_t)maxval + 1, sizeof(uint32_t));
+    if (!stamp) return -1;
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t tag = (uint32_t)r + 1;
+        for (int64_t i = 0; i < lengths[r]; i++) {
+            int32_t v = *values++;
+            *mask++ = stamp[v] != tag;
+            stamp[v] = tag;
+        }
+    }
+    free(stamp);
+    return 0;
+}
+
 /* ---- nested-dependency sentences: the stack walk of `nesting.NestingLanguageTask` ----------
  * Sentence s has n[s] arcs, heads[...] holds its n[s] heads and may_open[...] its 2 n[s] move
  * draws (both flat, sentence after sentence). At position t it opens its next arc when it

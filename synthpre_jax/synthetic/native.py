@@ -34,6 +34,10 @@ def kernels() -> Optional[ctypes.CDLL]:
             getattr(lib, name).restype = i32
         lib.nl_walk.argtypes = [i64, ptr, ptr, ptr, ctypes.c_int32, ptr]
         lib.nl_walk.restype = None
+        lib.sk_row_argsort.argtypes = [i64, ptr, ptr, ptr]
+        lib.sk_row_argsort.restype = i32
+        lib.sk_first_in_rows.argtypes = [i64, ptr, ptr, ctypes.c_int32, ptr]
+        lib.sk_first_in_rows.restype = i32
     return lib
 
 
@@ -55,3 +59,36 @@ def sort_keys(a: np.ndarray) -> np.ndarray:
     if sort(len(out), out.ctypes.data, tmp.ctypes.data, bits) != 0:
         raise MemoryError("radix sort: out of memory")
     return out.view(a.dtype)
+
+
+def row_argsort(u: np.ndarray, rows: np.ndarray) -> Optional[np.ndarray]:
+    """`np.argsort(u + rows)` (u in [0, 1), rows non-decreasing, >= 0) when the kernels are
+    available and no two keys tie; else None (the caller decides)."""
+    lib = kernels()
+    if lib is None or len(u) >= 2**62:
+        return None
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    perm = np.empty(len(u), dtype=np.int64)
+    rc = lib.sk_row_argsort(len(u), u.ctypes.data, rows.ctypes.data, perm.ctypes.data)
+    if rc < 0:
+        raise MemoryError("row argsort: out of memory")
+    return perm if rc == 0 else None
+
+
+def first_in_rows(values: np.ndarray, lengths: np.ndarray) -> Optional[np.ndarray]:
+    """Mask of the values that first occur in their row (values int32 in [0, 2**22)), or None
+    when the kernels are unavailable or the values out of that range."""
+    lib = kernels()
+    if lib is None:
+        return None
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    if len(values) and (int(values.min()) < 0 or int(values.max()) >= 1 << 22):
+        return None
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    mask = np.empty(len(values), dtype=np.uint8)
+    top = int(values.max()) if len(values) else 0
+    if lib.sk_first_in_rows(len(lengths), lengths.ctypes.data, values.ctypes.data, top,
+                            mask.ctypes.data) != 0:
+        raise MemoryError("first occurrences: out of memory")
+    return mask.view(bool)

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.native import sort_keys
 
 ID_DTYPE = np.int32
@@ -87,6 +88,13 @@ class Ragged:
     def slice(self, lo: int, hi: int) -> "Ragged":
         off = self.offsets
         return Ragged(self.values[off[lo]:off[hi]], self.lengths[lo:hi])
+
+    def keep_values(self, keep: np.ndarray) -> "Ragged":
+        """The values where `keep` (a mask over values) is set, in their rows."""
+        kept = np.zeros(len(keep) + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept[1:])
+        off = self.offsets
+        return Ragged(self.values[keep], kept[off[1:]] - kept[off[:-1]])
 
     def select(self, keep: np.ndarray) -> "Ragged":
         keep = np.asarray(keep, dtype=bool)
@@ -170,6 +178,9 @@ def sorted_order(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     n = len(u)
     if n < 2 or rows[0] < 0:
         return np.argsort(keys)
+    order = native.row_argsort(u, rows)  # per-row bucket sort in C, when there are no ties
+    if order is not None:
+        return order
     ib = int(n - 1).bit_length()
     ub = 63 - ib - max(int(rows[-1]).bit_length(), 1)
     if ub < 24:
@@ -207,6 +218,15 @@ def isin_sorted(probe: np.ndarray, keys: np.ndarray) -> np.ndarray:
         return np.zeros(len(probe), dtype=bool)
     idx = np.minimum(np.searchsorted(s, probe), len(s) - 1)
     return s[idx] == probe
+
+
+def first_in_rows(r: Ragged) -> np.ndarray:
+    """Mask of the values that first occur in their row (C stamps, else a sort)."""
+    mask = native.first_in_rows(r.values, r.lengths)
+    if mask is None:
+        mask = np.zeros(len(r.values), dtype=bool)
+        mask[first_occurrences(r.row_ids().astype(np.int64) << 32 | r.values.astype(np.int64))] = True
+    return mask
 
 
 def first_occurrences(key: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
 from synthpre_jax.synthetic.pyset import set_rows
-from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_occurrences, reverse_rows,
-                                           segment_positions, split_at_first, stable_sort_index,
-                                           take_rows)
+from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_in_rows, first_occurrences,
+                                           reverse_rows, segment_positions, split_at_first,
+                                           stable_sort_index, take_rows)
 
 TASK_DIVIDER = 32099   # <extra_id_0>: task prefix | task input
 WORD_DIVIDER = 32098   # <extra_id_1>: between words (longest_word)
@@ -110,10 +110,7 @@ def solve_length(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 
 def solve_set(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     """Distinct tokens in first-occurrence order (the authors' `set_task`)."""
-    rows = raw.row_ids()
-    key = rows.astype(np.int64) << 32 | raw.values.astype(np.int64)
-    first = first_occurrences(key)
-    return Ragged(raw.values[first], np.bincount(rows[first], minlength=len(raw)))
+    return raw.keep_values(first_in_rows(raw))
 
 
 def solve_deduplicate(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:

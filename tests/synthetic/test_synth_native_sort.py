@@ -36,3 +36,38 @@ def test_fallbacks_give_numpy_results(monkeypatch):
     monkeypatch.setattr(native, "kernels", lambda: None)
     a = rng.integers(0, 2**40, 9000)
     assert np.array_equal(sort_keys(a), np.sort(a))
+
+
+@needs_kernels
+def test_row_argsort_equals_numpy_argsort():
+    from synthpre_jax.synthetic.ragged import sorted_order
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 300, 500)
+    lengths[::17] = 1
+    rows = np.repeat(np.arange(len(lengths)) + 7, lengths)
+    u = rng.random(len(rows))
+    u[:50] = rng.permutation(50) / 500  # distinct values crowded into a few buckets
+    got = native.row_argsort(u, rows)
+    assert got is not None and np.array_equal(got, np.argsort(u + rows))
+    assert np.array_equal(sorted_order(u, rows), np.argsort(u + rows))
+    # A tie (equal keys in a row) is np.argsort's to order: the kernel declines.
+    u[10] = u[11] = 0.5
+    rows[10] = rows[11]
+    assert native.row_argsort(u, rows) is None
+    k = u + rows
+    assert np.array_equal(k[sorted_order(u, rows)], np.sort(k))
+
+
+def test_first_in_rows_with_and_without_kernels(monkeypatch):
+    from synthpre_jax.synthetic.ragged import Ragged, first_in_rows
+
+    rng = np.random.default_rng(4)
+    rows = [list(rng.integers(0, m, n)) for m, n in rng.integers(1, 400, (300, 2))]
+    r = Ragged.from_rows(rows)
+    want = np.concatenate([[v not in row[:i] for i, v in enumerate(row)] for row in rows])
+    assert np.array_equal(first_in_rows(r), want)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert np.array_equal(first_in_rows(r), want)
+    big = Ragged.from_rows([[1 << 30, 5, 1 << 30]])
+    assert first_in_rows(big).tolist() == [True, True, False]
