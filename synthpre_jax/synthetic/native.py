@@ -1,10 +1,11 @@
 """The generators' C kernels (`native/synthetic_kernels.c`), built on first use.
 
-Three things NumPy does slowly for the generators: CPython `set` layouts
-(`pyset.set_rows`, otherwise Python sets per row), sorting integer keys (`sort_keys`,
-otherwise `np.sort`, a comparison sort that some CPUs run 4-6x slower than others) and the
-nesting language's per-sentence stack walk (otherwise one NumPy step per position). All
-are optional: without a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python
+What NumPy does slowly for the generators: the counter-based random numbers (`rng`;
+otherwise a dozen NumPy passes per number), CPython `set` layouts (`pyset.set_rows`,
+otherwise Python sets per row), sorting integer keys (`sort_keys`, otherwise `np.sort`, a
+comparison sort that some CPUs run 4-6x slower than others), per-row orders (shuffles,
+first occurrences) and the nesting language's per-sentence stack walk (otherwise one NumPy
+step per position). All are optional: without a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python
 paths give the same results (tests compare them). No JAX or TensorFlow import.
 """
 from __future__ import annotations
@@ -38,6 +39,10 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.sk_row_argsort.restype = i32
         lib.sk_first_in_rows.argtypes = [i64, ptr, ptr, ctypes.c_int32, ptr]
         lib.sk_first_in_rows.restype = i32
+        lib.rng_rows.argtypes = [i64, ptr, ptr, ctypes.c_uint64, ctypes.c_uint64, ptr]
+        lib.rng_rows.restype = None
+        lib.rng_at.argtypes = [i64, ptr, ptr, ptr]
+        lib.rng_at.restype = None
     return lib
 
 
@@ -92,3 +97,29 @@ def first_in_rows(values: np.ndarray, lengths: np.ndarray) -> Optional[np.ndarra
                             mask.ctypes.data) != 0:
         raise MemoryError("first occurrences: out of memory")
     return mask.view(bool)
+
+
+def counter_rows(keys: np.ndarray, counts: np.ndarray, offset: int = 0,
+                 n: int = 0) -> Optional[np.ndarray]:
+    """Numbers offset+1 .. offset+counts[r] of every row key (flat): float64 uniforms, or with
+    n > 0 integers in [0, n); None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    counts = np.ascontiguousarray(np.broadcast_to(counts, keys.shape), dtype=np.int64)
+    out = np.empty(int(counts.sum()), dtype=np.int64 if n else np.float64)
+    lib.rng_rows(len(keys), keys.ctypes.data, counts.ctypes.data, offset, n, out.ctypes.data)
+    return out
+
+
+def counter_at(keys: np.ndarray, j: np.ndarray) -> Optional[np.ndarray]:
+    """Number j[i] of key keys[i], elementwise, as float64 uniforms; None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys, j = np.broadcast_arrays(np.asarray(keys, dtype=np.uint64), np.asarray(j, dtype=np.int64))
+    keys, j = np.ascontiguousarray(keys), np.ascontiguousarray(j)
+    out = np.empty(keys.shape, dtype=np.float64)
+    lib.rng_at(keys.size, keys.ctypes.data, j.ctypes.data, out.ctypes.data)
+    return out

@@ -29,6 +29,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from synthpre_jax.synthetic import native
+
 SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -142,7 +144,8 @@ class Draws:
         """Row r gets counts[r] numbers (flat, row-major). `counts` may be a scalar."""
         self._claim()
         counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), self.keys.shape)
-        return to_unit(mix(_counter_inputs(self.keys, counts)))
+        out = native.counter_rows(self.keys, counts)
+        return to_unit(mix(_counter_inputs(self.keys, counts))) if out is None else out
 
     def integers(self, n: int, counts) -> np.ndarray:
         """Row r gets counts[r] integers uniform in [0, n) (n < 2**32), flat.
@@ -152,6 +155,11 @@ class Draws:
         """
         self._claim()
         counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), self.keys.shape)
+        if not 0 < n < 2**32:
+            raise ValueError(f"integers: n must be in 1..2**32-1, got {n}")
+        out = native.counter_rows(self.keys, counts, n=n)
+        if out is not None:
+            return out
         z = mix(_counter_inputs(self.keys, counts))
         z >>= np.uint64(32)
         z *= np.uint64(n)
@@ -161,9 +169,7 @@ class Draws:
     def matrix(self, k: int) -> np.ndarray:
         """[rows, k] numbers: number j of every row."""
         self._claim()
-        j = np.arange(1, k + 1, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            return to_unit(mix(self.keys[:, None] + j[None, :] * GOLDEN))
+        return self.matrix_unchecked(k)
 
     def randint(self, lo, hi) -> np.ndarray:
         """One integer per row, uniform in [lo, hi] (inclusive, elementwise)."""
@@ -185,6 +191,9 @@ class Draws:
         return [UniformStream(k, buf) for k, buf in zip(self.keys.tolist(), first)]
 
     def matrix_unchecked(self, k: int, offset: int = 0) -> np.ndarray:
+        out = native.counter_rows(self.keys, k, offset)
+        if out is not None:
+            return out.reshape(len(self.keys), k)
         j = np.arange(offset + 1, offset + k + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
             return to_unit(mix(self.keys[:, None] + j[None, :] * GOLDEN))
@@ -193,6 +202,9 @@ class Draws:
 def stream_numbers(keys: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Number j (1-based, elementwise) of the streams with these keys: what the j-th
     `UniformStream.random()` of each stream returns, for vectorised per-example samplers."""
+    out = native.counter_at(keys, j)
+    if out is not None:
+        return out
     with np.errstate(over="ignore"):
         return to_unit(mix(np.asarray(keys, np.uint64) + np.asarray(j).astype(np.uint64) * GOLDEN))
 

@@ -1,4 +1,4 @@
-"""`native.sort_keys` (the generators' radix sort) against `np.sort`."""
+"""The generators' C kernels (`synthetic.native`) against NumPy and Python references."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,3 +71,26 @@ def test_first_in_rows_with_and_without_kernels(monkeypatch):
     assert np.array_equal(first_in_rows(r), want)
     big = Ragged.from_rows([[1 << 30, 5, 1 << 30]])
     assert first_in_rows(big).tolist() == [True, True, False]
+
+
+@needs_kernels
+def test_counter_numbers_are_the_numpy_ones(monkeypatch):
+    """uniform / integers / matrix / stream_numbers: the kernels' values are bit-identical
+    to the NumPy SplitMix64 path (zero counts, huge keys and counters included)."""
+    from synthpre_jax.synthetic.rng import Draws, stream_numbers
+
+    keys = np.array([0, 1, 2**64 - 1, 0x9E3779B97F4A7C15, 12345, 2**63], dtype=np.uint64)
+    counts = np.array([3, 0, 7, 1, 200, 2])
+    j = np.array([1, 2**40, 5, 0, 2**62, 77])
+
+    def draw_all():
+        return (Draws(keys).uniform(counts), Draws(keys).integers(31998, counts),
+                Draws(keys).integers(1, 5), Draws(keys).matrix(9),
+                Draws(keys).matrix_unchecked(4, offset=2**33), stream_numbers(keys, j))
+
+    fast = draw_all()
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    slow = draw_all()
+    for f, s in zip(fast, slow):
+        assert f.dtype == s.dtype and f.shape == s.shape and np.array_equal(f, s)
+    assert fast[0].min() >= 0 and fast[0].max() < 1 and fast[1].max() < 31998
