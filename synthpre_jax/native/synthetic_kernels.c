@@ -210,8 +210,7 @@ static int difference(eset *out, const eset *a, const eset *b) {
 }
 
 /* The keys in table order. Branch-free (about a third of the slots hold keys, so a branch
- * would mispredict often): every slot is written at out[n], so out needs one slot of room
- * past the result. */
+ * would mispredict often): every slot is written at out[n], so out needs mask + 1 slots. */
 static int64_t emit(const eset *s, int32_t *out) {
     int64_t n = 0;
     for (uint64_t i = 0; i <= s->mask; i++) {
@@ -223,12 +222,21 @@ static int64_t emit(const eset *s, int32_t *out) {
 }
 
 /* ---- the same, faster, when every key is small -------------------------------------------
- * With keys below a few million, "was k seen in this row's operand" is stamp[k] == tag (the
- * row's tag, so the arrays need no clearing between rows). A key known to be absent from a
- * table without dummies goes where set_add_entry would put it: the first empty slot of its
- * probe sequence, which is what insert_clean finds. So set(list), the union's second merge,
- * the intersection and the plain difference need no key comparisons while probing. */
-#define STAMP_LIMIT (1 << 22)
+ * With keys below a few million, "is k in this row's operand" is one bit of a bitmap (4 KB
+ * for T5's 32k ids: L1-resident), cleared word by word after each row. A key known to be
+ * absent from a table without dummies goes where set_add_entry would put it: the first empty
+ * slot of its probe sequence, which is what insert_clean finds. So set(list), the union's
+ * second merge, the intersection and the plain difference need no key comparisons while
+ * probing. */
+#define BITMAP_LIMIT (1 << 22)
+
+static inline int has_bit(const uint64_t *bits, int32_t k) {
+    return (int)((bits[k >> 6] >> (k & 63)) & 1);
+}
+
+static void clear_bits(uint64_t *bits, const int32_t *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) bits[v[i] >> 6] = 0;
+}
 
 static int add_new(eset *s, slot_t key) {
     insert_clean(s->table, s->mask, key);
@@ -238,69 +246,65 @@ static int add_new(eset *s, slot_t key) {
     return resize(s, s->used > 50000 ? s->used * 2 : s->used * 4);
 }
 
-/* set(list): the row's distinct keys in first-occurrence order (a branch-free pass into
- * `scratch`, n slots), each added as new. */
-static int from_list_stamped(eset *s, const int32_t *v, int64_t n, uint32_t *stamp,
-                             uint32_t tag, int32_t *scratch) {
-    es_init(s);
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int32_t k = v[i];
-        scratch[m] = k;
-        m += stamp[k] != tag;
-        stamp[k] = tag;
-    }
-    for (int64_t i = 0; i < m; i++)
-        if (add_new(s, scratch[i])) return -1;
-    return 0;
-}
-
-/* The keys of s in table order whose membership in the other operand (stamp[k] == tag) is
- * `member`, into scratch (branch-free, like emit; scratch needs mask + 2 slots). */
-static int64_t collect(const eset *s, const uint32_t *stamp, uint32_t tag, int member,
-                       int32_t *scratch) {
-    int64_t m = 0;
-    for (uint64_t i = 0; i <= s->mask; i++) {
-        slot_t k = s->table[i];
-        scratch[m] = k;
-        m += (k >= 0) & ((stamp[k < 0 ? 0 : k] == tag) == member);
-    }
-    return m;
-}
-
 static int add_all_new(eset *s, const int32_t *keys, int64_t m) {
     for (int64_t i = 0; i < m; i++)
         if (add_new(s, keys[i])) return -1;
     return 0;
 }
 
-/* op 1..3 of rows a, b built with stamps sa, sb (tag): the result in res (initialised). */
-static int op_stamped(int op, eset *res, const eset *a, const eset *b, const uint32_t *sa,
-                      const uint32_t *sb, uint32_t tag, int32_t *scratch) {
+/* set(list): the row's distinct keys in first-occurrence order (a branch-free pass into
+ * `scratch`, n slots, marking them in `bits`), each added as new. */
+static int from_list_bits(eset *s, const int32_t *v, int64_t n, uint64_t *bits,
+                          int32_t *scratch) {
+    es_init(s);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t k = v[i];
+        scratch[m] = k;
+        m += !has_bit(bits, k);
+        bits[k >> 6] |= (uint64_t)1 << (k & 63);
+    }
+    return add_all_new(s, scratch, m);
+}
+
+/* The keys of s in table order whose membership in the other operand (its bits) is
+ * `member`, into scratch (branch-free, like emit; scratch needs mask + 2 slots). */
+static int64_t collect(const eset *s, const uint64_t *bits, int member, int32_t *scratch) {
+    int64_t m = 0;
+    for (uint64_t i = 0; i <= s->mask; i++) {
+        slot_t k = s->table[i];
+        scratch[m] = k;
+        m += (k >= 0) & (has_bit(bits, k < 0 ? 0 : k) == member);
+    }
+    return m;
+}
+
+/* op 1..3 of rows a, b (their keys marked in ba, bb): the result in res (initialised). */
+static int op_bits(int op, eset *res, const eset *a, const eset *b, const uint64_t *ba,
+                   const uint64_t *bb, int32_t *scratch) {
     if (op == 1) {
         if (merge(res, a)) return -1;
         if (res->fill == 0 || b->used == 0) return merge(res, b);
         if ((uint64_t)(res->fill + b->used) * 5 >= res->mask * 3
             && resize(res, (res->used + b->used) * 2)) return -1;
-        return add_all_new(res, scratch, collect(b, sa, tag, 0, scratch));
+        return add_all_new(res, scratch, collect(b, ba, 0, scratch));
     }
     if (op == 2) {
-        if (b->used > a->used) return add_all_new(res, scratch, collect(a, sb, tag, 1, scratch));
-        return add_all_new(res, scratch, collect(b, sa, tag, 1, scratch));
+        if (b->used > a->used) return add_all_new(res, scratch, collect(a, bb, 1, scratch));
+        return add_all_new(res, scratch, collect(b, ba, 1, scratch));
     }
     if ((a->used >> 2) > b->used) {  /* set_copy_and_difference: dummies, the general code */
         es_free(res);
         return difference(res, a, b);
     }
-    return add_all_new(res, scratch, collect(a, sb, tag, 0, scratch));
+    return add_all_new(res, scratch, collect(a, bb, 0, scratch));
 }
 
 /* For each row r: op 0 `list(set(a_r))`, 1 `list(set(a_r).union(set(b_r)))`,
  * 2 `list(set(a_r).intersection(set(b_r)))`, 3 `list(set(a_r) - set(b_r))`.
  * Rows of a (and b) are v[off[r]:off[r+1]]; keys must be >= 0. Row r's result goes to
  * out[out_off[r]:out_off[r] + out_len[r]], where out_off[r] = a_off[r] + b_off[r] (b_off all
- * zero for op 0), room enough for any result; out needs one more slot at its end (see emit).
- * Returns 0, or -1 when out of memory. */
+ * zero for op 0), room enough for any result. Returns 0, or -1 when out of memory. */
 int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const int32_t *bv,
             const int64_t *boff, int32_t *out, int64_t *out_len) {
     int32_t maxkey = 0;
@@ -313,45 +317,48 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const 
         if (na > longest) longest = na;
         if (nb > longest) longest = nb;
     }
-    uint32_t *sa = NULL, *sb = NULL;
-    int32_t *scratch = NULL;
-    if (maxkey < STAMP_LIMIT && rows < (int64_t)UINT32_MAX) {
-        sa = calloc((size_t)maxkey + 1, sizeof(uint32_t));
-        sb = calloc((size_t)maxkey + 1, sizeof(uint32_t));
-        /* a row's keys, or a table of it (<= 8 * longest slots) */
-        scratch = malloc(((size_t)longest * 8 + 16) * sizeof(int32_t));
-        if (!sa || !sb || !scratch) { free(sa); free(sb); free(scratch); sa = sb = NULL; }
+    /* scratch: a row's keys, or a table of one operand (<= 8 * longest + 8 slots), or the
+     * result's table (<= 16 * longest + 8) for emit */
+    int32_t *scratch = malloc(((size_t)longest * 16 + 16) * sizeof(int32_t));
+    uint64_t *ba = NULL, *bb = NULL;
+    if (scratch && maxkey < BITMAP_LIMIT) {
+        ba = calloc((size_t)(maxkey >> 6) + 1, sizeof(uint64_t));
+        bb = calloc((size_t)(maxkey >> 6) + 1, sizeof(uint64_t));
+        if (!ba || !bb) { free(ba); free(bb); ba = bb = NULL; }
     }
-    int err = 0;
+    int err = scratch ? 0 : 1;
     for (int64_t r = 0; r < rows && !err; r++) {
         eset a, b, res;
-        uint32_t tag = (uint32_t)r + 1;
         const int32_t *ra = av + aoff[r], *rb = bv + (op ? boff[r] : 0);
         int64_t na = aoff[r + 1] - aoff[r], nb = op ? boff[r + 1] - boff[r] : 0;
         int32_t *dst = out + aoff[r] + (op ? boff[r] : 0);
         es_init(&b);
         es_init(&res);
-        err = sa ? from_list_stamped(&a, ra, na, sa, tag, scratch) : from_list(&a, ra, na);
+        err = ba ? from_list_bits(&a, ra, na, ba, scratch) : from_list(&a, ra, na);
         if (op == 0) {
-            if (!err) out_len[r] = emit(&a, dst);
-            es_free(&a);
-            continue;
+            if (!err) out_len[r] = emit(&a, scratch);
+        } else {
+            if (!err) err = ba ? from_list_bits(&b, rb, nb, bb, scratch) : from_list(&b, rb, nb);
+            if (!err) {
+                if (ba) err = op_bits(op, &res, &a, &b, ba, bb, scratch);
+                else if (op == 1) err = merge(&res, &a) || merge(&res, &b);
+                else if (op == 2) err = intersection(&res, &a, &b);
+                else err = difference(&res, &a, &b);
+            }
+            if (!err) out_len[r] = emit(&res, scratch);
         }
-        if (!err) err = sa ? from_list_stamped(&b, rb, nb, sb, tag, scratch)
-                          : from_list(&b, rb, nb);
-        if (!err) {
-            if (sa) err = op_stamped(op, &res, &a, &b, sa, sb, tag, scratch);
-            else if (op == 1) err = merge(&res, &a) || merge(&res, &b);
-            else if (op == 2) err = intersection(&res, &a, &b);
-            else err = difference(&res, &a, &b);
+        /* emitted into L1-resident scratch, then only the keys copied out */
+        if (!err) memcpy(dst, scratch, (size_t)out_len[r] * sizeof(int32_t));
+        if (ba) {
+            clear_bits(ba, ra, na);
+            clear_bits(bb, rb, nb);
         }
-        if (!err) out_len[r] = emit(&res, dst);
         es_free(&a);
         es_free(&b);
         es_free(&res);
     }
-    free(sa);
-    free(sb);
+    free(ba);
+    free(bb);
     free(scratch);
     return err ? -1 : 0;
 }
@@ -441,20 +448,22 @@ int sk_row_argsort(int64_t n, const double *u, const int64_t *rows, int64_t *per
 }
 
 /* sk_first_in_rows: mask[i] = 1 where values[i] (0 <= v <= maxval) first occurs in its row
- * (rows given by their lengths), by per-row stamps. */
+ * (rows given by their lengths), by a bitmap cleared after each row. */
 int sk_first_in_rows(int64_t rows, const int64_t *lengths, const int32_t *values, int32_t maxval,
                      uint8_t *mask) {
-    uint32_t *stamp = calloc((size_t)maxval + 1, sizeof(uint32_t));
-    if (!stamp) return -1;
+    uint64_t *bits = calloc((size_t)(maxval >> 6) + 1, sizeof(uint64_t));
+    if (!bits) return -1;
     for (int64_t r = 0; r < rows; r++) {
-        uint32_t tag = (uint32_t)r + 1;
         for (int64_t i = 0; i < lengths[r]; i++) {
-            int32_t v = *values++;
-            *mask++ = stamp[v] != tag;
-            stamp[v] = tag;
+            int32_t v = values[i];
+            mask[i] = !has_bit(bits, v);
+            bits[v >> 6] |= (uint64_t)1 << (v & 63);
         }
+        clear_bits(bits, values, lengths[r]);
+        values += lengths[r];
+        mask += lengths[r];
     }
-    free(stamp);
+    free(bits);
     return 0;
 }
 

@@ -341,7 +341,7 @@ def _rows_native(op: str, a: Ragged, b: Optional[Ragged]) -> Optional[Ragged]:
     else:
         bv, boff = np.ascontiguousarray(b.values, dtype=np.int32), b.offsets
     room = aoff + boff
-    out = np.empty(int(room[-1]) + 1, dtype=np.int32)  # + 1: the kernel's branch-free writes
+    out = np.empty(max(int(room[-1]), 1), dtype=np.int32)
     lengths = np.empty(len(a), dtype=np.int64)
     if lib.ps_rows(_OPS[op], len(a), av.ctypes.data, aoff.ctypes.data, bv.ctypes.data,
                    boff.ctypes.data, out.ctypes.data, lengths.ctypes.data) != 0:
