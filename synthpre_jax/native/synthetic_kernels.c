@@ -467,6 +467,24 @@ int sk_first_in_rows(int64_t rows, const int64_t *lengths, const int32_t *values
     return 0;
 }
 
+/* sk_find_rows: out[r] = the first position of row r's query inside row r's seq, -1 when
+ * absent, 0 for an empty query (`simple_solve.find_sublist` for every row). */
+void sk_find_rows(int64_t rows, const int32_t *sv, const int64_t *soff, const int32_t *qv,
+                  const int64_t *qoff, int64_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *s = sv + soff[r], *q = qv + qoff[r];
+        int64_t ls = soff[r + 1] - soff[r], lq = qoff[r + 1] - qoff[r], at = -1;
+        if (lq == 0) at = 0;
+        for (int64_t i = 0; lq > 0 && i + lq <= ls; i++) {
+            if (s[i] != q[0]) continue;
+            int64_t j = 1;
+            while (j < lq && s[i + j] == q[j]) j++;
+            if (j == lq) { at = i; break; }
+        }
+        out[r] = at;
+    }
+}
+
 /* ---- nested-dependency sentences: the stack walk of `nesting.NestingLanguageTask` ----------
  * Sentence s has n[s] arcs, heads[...] holds its n[s] heads and may_open[...] its 2 n[s] move
  * draws (both flat, sentence after sentence). At position t it opens its next arc when it

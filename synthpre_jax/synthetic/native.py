@@ -4,9 +4,10 @@ What NumPy does slowly for the generators: the counter-based random numbers (`rn
 otherwise a dozen NumPy passes per number), CPython `set` layouts (`pyset.set_rows`,
 otherwise Python sets per row), sorting integer keys (`sort_keys`, otherwise `np.sort`, a
 comparison sort that some CPUs run 4-6x slower than others), per-row orders (shuffles,
-first occurrences) and the nesting language's per-sentence stack walk (otherwise one NumPy
-step per position). All are optional: without a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python
-paths give the same results (tests compare them). No JAX or TensorFlow import.
+first occurrences), sublist search, and the nesting language's per-sentence stack walk
+(otherwise one NumPy step per position). All are optional: without a C compiler, or with
+`SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python paths give the same results (tests compare
+them). No JAX or TensorFlow import.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_rows.restype = None
         lib.rng_at.argtypes = [i64, ptr, ptr, ptr]
         lib.rng_at.restype = None
+        lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
+        lib.sk_find_rows.restype = None
     return lib
 
 
@@ -122,4 +125,21 @@ def counter_at(keys: np.ndarray, j: np.ndarray) -> Optional[np.ndarray]:
     keys, j = np.ascontiguousarray(keys), np.ascontiguousarray(j)
     out = np.empty(keys.shape, dtype=np.float64)
     lib.rng_at(keys.size, keys.ctypes.data, j.ctypes.data, out.ctypes.data)
+    return out
+
+
+def find_rows(seq_values: np.ndarray, seq_offsets: np.ndarray, query_values: np.ndarray,
+              query_offsets: np.ndarray) -> Optional[np.ndarray]:
+    """First position of each row's query in its seq (-1: absent; 0: empty query), or None
+    without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    sv = np.ascontiguousarray(seq_values, dtype=np.int32)
+    qv = np.ascontiguousarray(query_values, dtype=np.int32)
+    so = np.ascontiguousarray(seq_offsets, dtype=np.int64)
+    qo = np.ascontiguousarray(query_offsets, dtype=np.int64)
+    out = np.empty(len(so) - 1, dtype=np.int64)
+    lib.sk_find_rows(len(out), sv.ctypes.data, so.ctypes.data, qv.ctypes.data, qo.ctypes.data,
+                     out.ctypes.data)
     return out

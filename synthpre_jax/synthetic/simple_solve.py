@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
 from synthpre_jax.synthetic.pyset import set_rows
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_in_rows, first_occurrences,
@@ -161,6 +162,9 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
     is its first matching candidate. Inputs with very many candidates (e.g. long
     runs of one token) are searched row by row instead.
     """
+    found = native.find_rows(seq.values, seq.offsets, query.values, query.offsets)
+    if found is not None:
+        return found
     n = len(seq)
     qlen, slen = query.lengths, seq.lengths
     out = np.full(n, -1, dtype=np.int64)

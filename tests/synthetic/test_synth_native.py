@@ -94,3 +94,26 @@ def test_counter_numbers_are_the_numpy_ones(monkeypatch):
     for f, s in zip(fast, slow):
         assert f.dtype == s.dtype and f.shape == s.shape and np.array_equal(f, s)
     assert fast[0].min() >= 0 and fast[0].max() < 1 and fast[1].max() < 31998
+
+
+def test_find_rows_with_and_without_kernels(monkeypatch):
+    from synthpre_jax.synthetic.ragged import Ragged
+    from synthpre_jax.synthetic.simple_solve import find_rows, find_sublist
+
+    rng = np.random.default_rng(5)
+    seqs, queries = [], []
+    for _ in range(400):
+        alphabet = int(rng.choice([2, 3, 50]))
+        s = list(rng.integers(0, alphabet, int(rng.integers(0, 60))))
+        if rng.random() < 0.4 and len(s) > 2:  # a query cut from the seq
+            a = int(rng.integers(0, len(s) - 1))
+            q = s[a:a + int(rng.integers(1, 8))]
+        else:
+            q = list(rng.integers(0, alphabet, int(rng.integers(0, 70))))
+        seqs.append(s)
+        queries.append(q)
+    seq, query = Ragged.from_rows(seqs), Ragged.from_rows(queries)
+    want = [find_sublist(np.array(s, np.int32), np.array(q, np.int32)) for s, q in zip(seqs, queries)]
+    assert find_rows(seq, query).tolist() == want
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert find_rows(seq, query).tolist() == want
