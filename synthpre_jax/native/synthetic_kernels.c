@@ -485,6 +485,41 @@ void sk_find_rows(int64_t rows, const int32_t *sv, const int64_t *soff, const in
     }
 }
 
+/* sk_sort_rows: the sort task's target for every row: seq stably sorted by each token's last
+ * index in order, i.e. order[j] repeated once per seq token whose last order occurrence is j.
+ * Values in [0, maxval]. out gets as many values as seq. Returns 0, -1 when out of memory,
+ * or r + 1 when a token of row r's seq is not in its order. */
+int64_t sk_sort_rows(int64_t rows, const int32_t *ov, const int64_t *ooff, const int32_t *sv,
+                     const int64_t *soff, int32_t maxval, int32_t *out) {
+    int64_t longest = 1;
+    for (int64_t r = 0; r < rows; r++)
+        if (ooff[r + 1] - ooff[r] > longest) longest = ooff[r + 1] - ooff[r];
+    uint64_t *bits = calloc((size_t)(maxval >> 6) + 1, sizeof(uint64_t));
+    int32_t *last = malloc(((size_t)maxval + 1) * sizeof(int32_t));
+    int64_t *count = calloc((size_t)longest, sizeof(int64_t));
+    int64_t rc = (bits && last && count) ? 0 : -1;
+    for (int64_t r = 0; r < rows && rc == 0; r++) {
+        const int32_t *o = ov + ooff[r], *q = sv + soff[r];
+        int64_t lo = ooff[r + 1] - ooff[r], ls = soff[r + 1] - soff[r];
+        for (int64_t j = 0; j < lo; j++) {
+            last[o[j]] = (int32_t)j;
+            bits[o[j] >> 6] |= (uint64_t)1 << (o[j] & 63);
+        }
+        for (int64_t i = 0; i < ls; i++) {
+            if (!has_bit(bits, q[i])) { rc = r + 1; break; }
+            count[last[q[i]]]++;
+        }
+        for (int64_t j = 0; j < lo && rc == 0; j++)
+            for (int64_t c = count[j]; c > 0; c--) *out++ = o[j];
+        memset(count, 0, (size_t)lo * sizeof(int64_t));
+        clear_bits(bits, o, lo);
+    }
+    free(bits);
+    free(last);
+    free(count);
+    return rc;
+}
+
 /* ---- nested-dependency sentences: the stack walk of `nesting.NestingLanguageTask` ----------
  * Sentence s has n[s] arcs, heads[...] holds its n[s] heads and may_open[...] its 2 n[s] move
  * draws (both flat, sentence after sentence). At position t it opens its next arc when it

@@ -4,10 +4,10 @@ What NumPy does slowly for the generators: the counter-based random numbers (`rn
 otherwise a dozen NumPy passes per number), CPython `set` layouts (`pyset.set_rows`,
 otherwise Python sets per row), sorting integer keys (`sort_keys`, otherwise `np.sort`, a
 comparison sort that some CPUs run 4-6x slower than others), per-row orders (shuffles,
-first occurrences), sublist search, and the nesting language's per-sentence stack walk
-(otherwise one NumPy step per position). All are optional: without a C compiler, or with
-`SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python paths give the same results (tests compare
-them). No JAX or TensorFlow import.
+first occurrences), sublist search, the sort task's target, and the nesting language's
+per-sentence stack walk (otherwise one NumPy step per position). All are optional: without
+a C compiler, or with `SYNTHPRE_NATIVE_KERNELS=0`, the NumPy/Python paths give the same
+results (tests compare them). No JAX or TensorFlow import.
 """
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_at.restype = None
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
+        lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
+        lib.sk_sort_rows.restype = i64
     return lib
 
 
@@ -142,4 +144,29 @@ def find_rows(seq_values: np.ndarray, seq_offsets: np.ndarray, query_values: np.
     out = np.empty(len(so) - 1, dtype=np.int64)
     lib.sk_find_rows(len(out), sv.ctypes.data, so.ctypes.data, qv.ctypes.data, qo.ctypes.data,
                      out.ctypes.data)
+    return out
+
+
+def sort_rows(order_values: np.ndarray, order_offsets: np.ndarray, seq_values: np.ndarray,
+              seq_offsets: np.ndarray) -> Optional[np.ndarray]:
+    """The sort task's target values (seq sorted by each token's last index in order), or None
+    without the kernels or for values outside [0, 2**22). A seq token missing from its order
+    is a ValueError."""
+    lib = kernels()
+    if lib is None:
+        return None
+    ov = np.ascontiguousarray(order_values, dtype=np.int32)
+    sv = np.ascontiguousarray(seq_values, dtype=np.int32)
+    both = np.concatenate([ov, sv])
+    if len(both) and (int(both.min()) < 0 or int(both.max()) >= 1 << 22):
+        return None
+    oo = np.ascontiguousarray(order_offsets, dtype=np.int64)
+    so = np.ascontiguousarray(seq_offsets, dtype=np.int64)
+    out = np.empty(len(sv), dtype=np.int32)
+    rc = lib.sk_sort_rows(len(oo) - 1, ov.ctypes.data, oo.ctypes.data, sv.ctypes.data,
+                          so.ctypes.data, int(both.max()) if len(both) else 0, out.ctypes.data)
+    if rc < 0:
+        raise MemoryError("sort rows: out of memory")
+    if rc > 0:
+        raise ValueError("sort: every token of seq must appear in order")
     return out

@@ -223,6 +223,9 @@ def solve_sort(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     n_o, n_s = len(ordr.values), len(seq.values)
     if n_s == 0:
         return Ragged(seq.values.copy(), seq.lengths)
+    done = native.sort_rows(ordr.values, ordr.offsets, seq.values, seq.offsets)
+    if done is not None:
+        return Ragged(done, seq.lengths)
     rows = np.concatenate([ordr.row_ids(), seq.row_ids()]).astype(np.int64)
     vals = np.concatenate([ordr.values, seq.values]).astype(np.int64)
     if vals.min() < 0:

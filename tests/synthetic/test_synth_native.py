@@ -117,3 +117,29 @@ def test_find_rows_with_and_without_kernels(monkeypatch):
     assert find_rows(seq, query).tolist() == want
     monkeypatch.setattr(native, "kernels", lambda: None)
     assert find_rows(seq, query).tolist() == want
+
+
+def test_sort_target_with_and_without_kernels(monkeypatch):
+    """solve_sort: seq stably sorted by each token's last index in order (order with
+    repeats), the C path against the NumPy path and a per-row Python reference."""
+    from synthpre_jax.synthetic.ragged import Ragged
+    from synthpre_jax.synthetic.simple_solve import SOLVERS
+
+    rng = np.random.default_rng(6)
+    raws, want = [], []
+    for _ in range(300):
+        order = list(rng.integers(2, int(rng.choice([5, 40, 32000])), int(rng.integers(1, 30))))
+        seq = [order[int(i)] for i in rng.integers(0, len(order), int(rng.integers(0, 50)))]
+        rank = {v: i for i, v in enumerate(order)}  # the last index wins
+        raws.append(seq + [32097] + order)
+        want.append(sorted(seq, key=lambda v: rank[v]))
+    raw = Ragged.from_rows(raws)
+    solve = SOLVERS["sort"]
+    assert solve(raw, None, "cpython").tolists() == want
+    bad = Ragged.from_rows([[5, 32097, 5, 6], [7, 32097, 5]])
+    with pytest.raises(ValueError, match="must appear in order"):
+        solve(bad, None, "cpython")
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert solve(raw, None, "cpython").tolists() == want
+    with pytest.raises(ValueError, match="must appear in order"):
+        solve(bad, None, "cpython")
