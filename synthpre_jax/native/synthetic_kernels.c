@@ -406,43 +406,54 @@ DEFINE_RADIX_SORT(sk_sort_u32, uint32_t, 3)
 
 /* ---- per-row orders ------------------------------------------------------------------------
  * sk_row_argsort: perm = np.argsort(u + rows) for u in [0, 1) and non-decreasing row ids, as
- * a bucket sort within each row (bucket floor(u * L) for a row of L, then an insertion sort
+ * a bucket sort within each row (bucket floor(u * 2L) for a row of L, then an insertion sort
  * that has only in-bucket neighbours to fix): one pass instead of a 63-bit sort of the whole
  * block. Returns 1 when two keys u + row (float64, as NumPy adds them) are not strictly
  * increasing in that order: a tie, whose order np.argsort decides, so the caller uses it. */
 int sk_row_argsort(int64_t n, const double *u, const int64_t *rows, int64_t *perm) {
+    if (n < 1) return 0;
     int64_t longest = 0;
     for (int64_t s = 0, e; s < n; s = e) {
         for (e = s + 1; e < n && rows[e] == rows[s]; e++) {}
         if (e - s > longest) longest = e - s;
     }
-    int64_t *cnt = malloc(((size_t)longest + 1) * sizeof(int64_t));
-    if (!cnt) return -1;
+    int64_t *cnt = malloc(((size_t)longest * 2 + 1) * sizeof(int64_t));
+    double *key = malloc((size_t)longest * sizeof(double));  /* the row's u, bucketed */
+    int64_t *bucket = malloc((size_t)longest * sizeof(int64_t));
+    if (!cnt || !key || !bucket) { free(cnt); free(key); free(bucket); return -1; }
     for (int64_t s = 0, e; s < n; s = e) {
         for (e = s + 1; e < n && rows[e] == rows[s]; e++) {}
-        int64_t L = e - s;
-        memset(cnt, 0, ((size_t)L + 1) * sizeof(int64_t));
-        for (int64_t i = s; i < e; i++) {
-            int64_t b = (int64_t)(u[i] * (double)L);
-            cnt[(b < L ? b : L - 1) + 1]++;
+        int64_t L = e - s, B = 2 * L;  /* 2 buckets per value: few share one */
+        memset(cnt, 0, ((size_t)B + 1) * sizeof(int64_t));
+        for (int64_t i = 0; i < L; i++) {
+            int64_t b = (int64_t)(u[s + i] * (double)B);
+            b = b < B ? b : B - 1;
+            bucket[i] = b;
+            cnt[b + 1]++;
         }
-        for (int64_t b = 0; b < L; b++) cnt[b + 1] += cnt[b];
-        for (int64_t i = s; i < e; i++) {
-            int64_t b = (int64_t)(u[i] * (double)L);
-            perm[s + cnt[b < L ? b : L - 1]++] = i;
+        for (int64_t b = 0; b < B; b++) cnt[b + 1] += cnt[b];
+        int64_t *p = perm + s;
+        for (int64_t i = 0; i < L; i++) {
+            int64_t at = cnt[bucket[i]]++;
+            p[at] = s + i;
+            key[at] = u[s + i];
         }
-        for (int64_t k = s + 1; k < e; k++) {
-            int64_t x = perm[k], j = k;
-            double ux = u[x];
-            while (j > s && u[perm[j - 1]] > ux) { perm[j] = perm[j - 1]; j--; }
-            perm[j] = x;
+        for (int64_t k = 1; k < L; k++) {  /* only neighbours within a bucket are out of order */
+            double kx = key[k];
+            int64_t x = p[k], j = k;
+            while (j > 0 && key[j - 1] > kx) { key[j] = key[j - 1]; p[j] = p[j - 1]; j--; }
+            key[j] = kx;
+            p[j] = x;
         }
     }
     free(cnt);
+    free(key);
+    free(bucket);
+    double prev = u[perm[0]] + (double)rows[perm[0]];  /* one IEEE add, as NumPy's */
     for (int64_t k = 1; k < n; k++) {
-        volatile double a = u[perm[k - 1]] + (double)rows[perm[k - 1]];
-        volatile double b = u[perm[k]] + (double)rows[perm[k]];
-        if (!(b > a)) return 1;
+        double next = u[perm[k]] + (double)rows[perm[k]];
+        if (!(next > prev)) return 1;
+        prev = next;
     }
     return 0;
 }

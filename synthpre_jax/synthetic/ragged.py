@@ -174,13 +174,14 @@ def sorted_order(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     order, i.e. what `np.argsort` returns; otherwise (ties, which need nearly
     coinciding random numbers) `np.argsort` itself is used.
     """
-    keys = u + rows
     n = len(u)
+    if n >= 2 and rows[0] >= 0:
+        order = native.row_argsort(u, rows)  # per-row bucket sort in C, when there are no ties
+        if order is not None:
+            return order
+    keys = u + rows
     if n < 2 or rows[0] < 0:
         return np.argsort(keys)
-    order = native.row_argsort(u, rows)  # per-row bucket sort in C, when there are no ties
-    if order is not None:
-        return order
     ib = int(n - 1).bit_length()
     ub = 63 - ib - max(int(rows[-1]).bit_length(), 1)
     if ub < 24:
