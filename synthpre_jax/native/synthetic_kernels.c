@@ -588,3 +588,8 @@ void rng_at(int64_t m, const uint64_t *keys, const int64_t *j, double *out) {
     for (int64_t i = 0; i < m; i++)
         out[i] = (double)(mix64(keys[i] + (uint64_t)j[i] * GOLDEN) >> 11) * 0x1.0p-53;
 }
+
+/* out[i] = mix(keys[i] ^ h): a stage's keys (`Draws.sub`). */
+void rng_sub(int64_t n, const uint64_t *keys, uint64_t h, uint64_t *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = mix64(keys[i] ^ h);
+}

@@ -44,6 +44,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_rows.restype = None
         lib.rng_at.argtypes = [i64, ptr, ptr, ptr]
         lib.rng_at.restype = None
+        lib.rng_sub.argtypes = [i64, ptr, ctypes.c_uint64, ptr]
+        lib.rng_sub.restype = None
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -169,4 +171,15 @@ def sort_rows(order_values: np.ndarray, order_offsets: np.ndarray, seq_values: n
         raise MemoryError("sort rows: out of memory")
     if rc > 0:
         raise ValueError("sort: every token of seq must appear in order")
+    return out
+
+
+def counter_sub(keys: np.ndarray, h: int) -> Optional[np.ndarray]:
+    """mix(keys ^ h), a stage's keys; None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    out = np.empty_like(keys)
+    lib.rng_sub(len(keys), keys.ctypes.data, h, out.ctypes.data)
     return out

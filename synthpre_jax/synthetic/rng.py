@@ -129,8 +129,12 @@ class Draws:
         return len(self.keys)
 
     def sub(self, stage: str) -> "Draws":
+        h = _stage_hash(stage)
+        keys = native.counter_sub(self.keys, int(h)) if self.keys.ndim == 1 else None
+        if keys is not None:
+            return Draws(keys)
         with np.errstate(over="ignore"):
-            return Draws(mix(self.keys ^ _stage_hash(stage)))
+            return Draws(mix(self.keys ^ h))
 
     def take(self, rows) -> "Draws":
         return Draws(self.keys[np.asarray(rows)])

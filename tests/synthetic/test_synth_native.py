@@ -75,7 +75,7 @@ def test_first_in_rows_with_and_without_kernels(monkeypatch):
 
 @needs_kernels
 def test_counter_numbers_are_the_numpy_ones(monkeypatch):
-    """uniform / integers / matrix / stream_numbers: the kernels' values are bit-identical
+    """uniform / integers / matrix / stream_numbers / sub: the kernels' values are bit-identical
     to the NumPy SplitMix64 path (zero counts, huge keys and counters included)."""
     from synthpre_jax.synthetic.rng import Draws, stream_numbers
 
@@ -86,7 +86,8 @@ def test_counter_numbers_are_the_numpy_ones(monkeypatch):
     def draw_all():
         return (Draws(keys).uniform(counts), Draws(keys).integers(31998, counts),
                 Draws(keys).integers(1, 5), Draws(keys).matrix(9),
-                Draws(keys).matrix_unchecked(4, offset=2**33), stream_numbers(keys, j))
+                Draws(keys).matrix_unchecked(4, offset=2**33), stream_numbers(keys, j),
+                Draws(keys).sub("a stage").sub("try3").keys)
 
     fast = draw_all()
     monkeypatch.setattr(native, "kernels", lambda: None)
