@@ -593,3 +593,21 @@ void rng_at(int64_t m, const uint64_t *keys, const int64_t *j, double *out) {
 void rng_sub(int64_t n, const uint64_t *keys, uint64_t h, uint64_t *out) {
     for (int64_t i = 0; i < n; i++) out[i] = mix64(keys[i] ^ h);
 }
+
+/* Row r: counts[r] uniform picks from its pool values[starts[r] : starts[r] + sizes[r]]:
+ * values[starts[r] + min(floor(u * sizes[r]), sizes[r] - 1)] with u number j = 1.. of key r,
+ * the NumPy expression of `SimpleTask._set_op`'s draws. */
+void rng_pick_rows(int64_t rows, const uint64_t *keys, const int64_t *counts,
+                   const int32_t *values, const int64_t *starts, const int64_t *sizes,
+                   int32_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint64_t x = keys[r] + GOLDEN;
+        int64_t m = sizes[r];
+        const int32_t *pool = values + starts[r];
+        for (int64_t j = 0; j < counts[r]; j++, x += GOLDEN) {
+            double u = (double)(mix64(x) >> 11) * 0x1.0p-53;
+            int64_t i = (int64_t)(u * (double)m);
+            *out++ = pool[i < m - 1 ? i : m - 1];
+        }
+    }
+}

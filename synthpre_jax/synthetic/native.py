@@ -46,6 +46,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_at.restype = None
         lib.rng_sub.argtypes = [i64, ptr, ctypes.c_uint64, ptr]
         lib.rng_sub.restype = None
+        lib.rng_pick_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.rng_pick_rows.restype = None
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -182,4 +184,23 @@ def counter_sub(keys: np.ndarray, h: int) -> Optional[np.ndarray]:
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
     out = np.empty_like(keys)
     lib.rng_sub(len(keys), keys.ctypes.data, h, out.ctypes.data)
+    return out
+
+
+def counter_pick_rows(keys: np.ndarray, counts: np.ndarray, values: np.ndarray,
+                      starts: np.ndarray, sizes: np.ndarray) -> Optional[np.ndarray]:
+    """Row r: counts[r] picks values[starts[r] + min(floor(u * sizes[r]), sizes[r] - 1)] with
+    u the row's numbers 1, 2, ...; None without the kernels. Every row with counts > 0 needs
+    sizes > 0."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    out = np.empty(int(counts.sum()), dtype=np.int32)
+    lib.rng_pick_rows(len(keys), keys.ctypes.data, counts.ctypes.data, values.ctypes.data,
+                      starts.ctypes.data, sizes.ctypes.data, out.ctypes.data)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.codec import Codec, FallbackCodec
+from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.native import sort_keys
 from synthpre_jax.synthetic.pyset import ORDERS
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, TokenPool, fill_empty, isin_sorted,
@@ -212,6 +213,11 @@ class SimpleTask(SyntheticTask):
         sub = self._distinct_rows(d.sub("subvocab"), m)
 
         def draw(stage: str, cnt: np.ndarray) -> Ragged:
+            if (m[cnt > 0] > 0).all():  # one pass in C, the same picks
+                picked = native.counter_pick_rows(d.sub(stage).stream_keys(), cnt, sub.values,
+                                                  sub.starts, m)
+                if picked is not None:
+                    return Ragged(picked, cnt)
             mm = np.repeat(m, cnt)
             j = np.minimum((d.sub(stage).uniform(cnt) * mm).astype(np.int64), mm - 1)
             return Ragged(sub.values[np.repeat(sub.starts, cnt) + j], cnt)
@@ -362,10 +368,17 @@ MIN_ABSENT_ACCEPTANCE = 1e-3  # at most ~1,000 rounds per query-absent example o
 
 
 def _rows_with_repeats(r: Ragged) -> np.ndarray:
-    """Sorted indices of the rows that hold some value twice (values >= 0). The keys are
-    (row, value) packed into uint32 when they fit, which sorts ~2x faster than int64."""
+    """Sorted indices of the rows that hold some value twice (values >= 0): by the C
+    kernels' per-row bitmaps, else by sorting (row, value) keys (packed into uint32 when
+    they fit, which sorts ~2x faster than int64)."""
     if not len(r.values):
         return np.zeros(0, np.int64)
+    first = native.first_in_rows(r.values, r.lengths)
+    if first is not None:
+        repeats = np.zeros(len(first) + 1, dtype=np.int64)
+        np.cumsum(~first, out=repeats[1:])
+        off = r.offsets
+        return np.flatnonzero(repeats[off[1:]] > repeats[off[:-1]])
     vb = max(int(r.values.max()).bit_length(), 1)
     dt = np.uint32 if vb + max(len(r) - 1, 1).bit_length() <= 32 else np.int64
     srt = sort_keys(r.row_ids().astype(dt) << dt(vb) | r.values.astype(dt))

@@ -144,3 +144,19 @@ def test_sort_target_with_and_without_kernels(monkeypatch):
     assert solve(raw, None, "cpython").tolists() == want
     with pytest.raises(ValueError, match="must appear in order"):
         solve(bad, None, "cpython")
+
+
+@needs_kernels
+def test_counter_picks_are_the_numpy_picks():
+    from synthpre_jax.synthetic.rng import Draws
+
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 2**64, 300, dtype=np.uint64, endpoint=False)
+    sizes = rng.integers(1, 120, 300)
+    counts = rng.integers(0, 250, 300)
+    values = rng.integers(2, 32000, int(sizes.sum())).astype(np.int32)
+    starts = np.cumsum(sizes) - sizes
+    got = native.counter_pick_rows(keys, counts, values, starts, sizes)
+    mm = np.repeat(sizes, counts)
+    j = np.minimum((Draws(keys).uniform(counts) * mm).astype(np.int64), mm - 1)
+    assert np.array_equal(got, values[np.repeat(starts, counts) + j])
