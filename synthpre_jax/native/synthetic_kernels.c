@@ -611,3 +611,60 @@ void rng_pick_rows(int64_t rows, const uint64_t *keys, const int64_t *counts,
         }
     }
 }
+
+/* `ragged.shuffle_rows` in one pass: row r's values ordered by np.argsort(u + r) of its
+ * counter numbers u (j = 1..lengths[r] of keys[r]), by the bucket sort of sk_row_argsort.
+ * Returns 1 when two keys u + r tie (then np.argsort decides: the caller's NumPy path), 0
+ * when out holds the shuffled values, -1 when out of memory. */
+int rng_shuffle_rows(int64_t rows, const uint64_t *keys, const int64_t *lengths,
+                     const int32_t *values, int32_t *out) {
+    int64_t longest = 0;
+    for (int64_t r = 0; r < rows; r++) if (lengths[r] > longest) longest = lengths[r];
+    int64_t *cnt = malloc(((size_t)longest * 2 + 1) * sizeof(int64_t));
+    double *u = malloc(((size_t)longest + 1) * sizeof(double));
+    double *key = malloc(((size_t)longest + 1) * sizeof(double));
+    int64_t *bucket = malloc(((size_t)longest + 1) * sizeof(int64_t));
+    int64_t *idx = malloc(((size_t)longest + 1) * sizeof(int64_t));
+    int rc = (cnt && u && key && bucket && idx) ? 0 : -1;
+    double prev = -1.0;  /* the last key u + r of the previous non-empty row */
+    for (int64_t r = 0; r < rows && rc == 0; r++) {
+        int64_t L = lengths[r], B = 2 * L;
+        if (L == 0) continue;
+        uint64_t x = keys[r] + GOLDEN;
+        for (int64_t i = 0; i < L; i++, x += GOLDEN) u[i] = (double)(mix64(x) >> 11) * 0x1.0p-53;
+        memset(cnt, 0, ((size_t)B + 1) * sizeof(int64_t));
+        for (int64_t i = 0; i < L; i++) {
+            int64_t b = (int64_t)(u[i] * (double)B);
+            b = b < B ? b : B - 1;
+            bucket[i] = b;
+            cnt[b + 1]++;
+        }
+        for (int64_t b = 0; b < B; b++) cnt[b + 1] += cnt[b];
+        for (int64_t i = 0; i < L; i++) {
+            int64_t at = cnt[bucket[i]]++;
+            idx[at] = i;
+            key[at] = u[i];
+        }
+        for (int64_t k = 1; k < L; k++) {
+            double kx = key[k];
+            int64_t xi = idx[k], j = k;
+            while (j > 0 && key[j - 1] > kx) { key[j] = key[j - 1]; idx[j] = idx[j - 1]; j--; }
+            key[j] = kx;
+            idx[j] = xi;
+        }
+        for (int64_t k = 0; k < L; k++) {
+            double next = key[k] + (double)r;
+            if (!(next > prev)) { rc = 1; break; }
+            prev = next;
+            out[k] = values[idx[k]];
+        }
+        values += L;
+        out += L;
+    }
+    free(cnt);
+    free(u);
+    free(key);
+    free(bucket);
+    free(idx);
+    return rc;
+}

@@ -48,6 +48,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_sub.restype = None
         lib.rng_pick_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr]
         lib.rng_pick_rows.restype = None
+        lib.rng_shuffle_rows.argtypes = [i64, ptr, ptr, ptr, ptr]
+        lib.rng_shuffle_rows.restype = i32
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -204,3 +206,20 @@ def counter_pick_rows(keys: np.ndarray, counts: np.ndarray, values: np.ndarray,
     lib.rng_pick_rows(len(keys), keys.ctypes.data, counts.ctypes.data, values.ctypes.data,
                       starts.ctypes.data, sizes.ctypes.data, out.ctypes.data)
     return out
+
+
+def shuffle_rows(keys: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> Optional[np.ndarray]:
+    """`ragged.shuffle_rows`'s values (row r permuted by np.argsort(u + r) of its counter
+    numbers), or None without the kernels or when keys tie (np.argsort's call)."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    out = np.empty_like(values)
+    rc = lib.rng_shuffle_rows(len(keys), keys.ctypes.data, lengths.ctypes.data,
+                              values.ctypes.data, out.ctypes.data)
+    if rc < 0:
+        raise MemoryError("shuffle rows: out of memory")
+    return out if rc == 0 else None

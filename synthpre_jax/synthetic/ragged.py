@@ -161,7 +161,10 @@ def shuffle_rows(r: Ragged, d) -> Ragged:
 
     The permutation is `np.argsort(u + row)`, computed by `sorted_order`.
     """
-    u = d.uniform(r.lengths)
+    done = native.shuffle_rows(d.stream_keys(), r.lengths, r.values)
+    if done is not None:
+        return Ragged(done, r.lengths)
+    u = d.numbers_unchecked(r.lengths)
     return Ragged(r.values[sorted_order(u, r.row_ids())], r.lengths)
 
 

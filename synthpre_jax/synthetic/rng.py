@@ -147,6 +147,10 @@ class Draws:
     def uniform(self, counts) -> np.ndarray:
         """Row r gets counts[r] numbers (flat, row-major). `counts` may be a scalar."""
         self._claim()
+        return self.numbers_unchecked(counts)
+
+    def numbers_unchecked(self, counts) -> np.ndarray:
+        """`uniform` for a stage already claimed (e.g. by `stream_keys`)."""
         counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), self.keys.shape)
         out = native.counter_rows(self.keys, counts)
         return to_unit(mix(_counter_inputs(self.keys, counts))) if out is None else out

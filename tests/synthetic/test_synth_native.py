@@ -160,3 +160,21 @@ def test_counter_picks_are_the_numpy_picks():
     mm = np.repeat(sizes, counts)
     j = np.minimum((Draws(keys).uniform(counts) * mm).astype(np.int64), mm - 1)
     assert np.array_equal(got, values[np.repeat(starts, counts) + j])
+
+
+@needs_kernels
+def test_shuffle_rows_in_one_pass_equals_the_argsort_path(monkeypatch):
+    from synthpre_jax.synthetic.ragged import Ragged, shuffle_rows
+    from synthpre_jax.synthetic.rng import Draws
+
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(0, 400, 700)
+    lengths[::9] = 0
+    r = Ragged(rng.integers(2, 32000, int(lengths.sum())).astype(np.int32), lengths)
+    keys = rng.integers(0, 2**64, 700, dtype=np.uint64, endpoint=False)
+    fast = shuffle_rows(r, Draws(keys))
+    u = Draws(keys).uniform(lengths)
+    want = r.values[np.argsort(u + r.row_ids())]
+    assert np.array_equal(fast.values, want) and np.array_equal(fast.lengths, lengths)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert np.array_equal(shuffle_rows(r, Draws(keys)).values, want)
