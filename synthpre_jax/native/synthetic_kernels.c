@@ -668,3 +668,20 @@ int rng_shuffle_rows(int64_t rows, const uint64_t *keys, const int64_t *lengths,
     free(idx);
     return rc;
 }
+
+/* `ragged.partition_counts` before its + 1: row r throws balls[r] balls into its k[r] parts
+ * (part min(floor(u * k), k - 1) for its counter numbers u = 1, 2, ...); counts (zeroed,
+ * sum(k) long) gets each part's balls, rows one after another. */
+void rng_partition(int64_t rows, const uint64_t *keys, const int64_t *balls, const int64_t *k,
+                   int64_t *counts) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint64_t x = keys[r] + GOLDEN;
+        int64_t parts = k[r];
+        for (int64_t j = 0; j < balls[r]; j++, x += GOLDEN) {
+            double u = (double)(mix64(x) >> 11) * 0x1.0p-53;
+            int64_t b = (int64_t)(u * (double)parts);
+            counts[b < parts - 1 ? b : parts - 1]++;
+        }
+        counts += parts;
+    }
+}

@@ -50,6 +50,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_pick_rows.restype = None
         lib.rng_shuffle_rows.argtypes = [i64, ptr, ptr, ptr, ptr]
         lib.rng_shuffle_rows.restype = i32
+        lib.rng_partition.argtypes = [i64, ptr, ptr, ptr, ptr]
+        lib.rng_partition.restype = None
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -223,3 +225,18 @@ def shuffle_rows(keys: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> O
     if rc < 0:
         raise MemoryError("shuffle rows: out of memory")
     return out if rc == 0 else None
+
+
+def partition(keys: np.ndarray, balls: np.ndarray, k: np.ndarray) -> Optional[np.ndarray]:
+    """Per-part ball counts (flat, row after row) of balls[r] uniform throws into k[r] parts
+    with each row's counter numbers; None without the kernels. Rows with balls need k > 0."""
+    lib = kernels()
+    if lib is None:
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    balls = np.ascontiguousarray(balls, dtype=np.int64)
+    k = np.ascontiguousarray(k, dtype=np.int64)
+    counts = np.zeros(int(k.sum()), dtype=np.int64)
+    lib.rng_partition(len(keys), keys.ctypes.data, balls.ctypes.data, k.ctypes.data,
+                      counts.ctypes.data)
+    return counts

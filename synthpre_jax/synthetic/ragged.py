@@ -293,6 +293,11 @@ def partition_counts(d, n: np.ndarray, k: np.ndarray, nonzero: bool) -> np.ndarr
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(k, dtype=np.int64)
     balls = n - k if nonzero else n
+    if ((k > 0) | (balls <= 0)).all() and (balls >= 0).all():
+        counts = native.partition(d.stream_keys(), balls, k)
+        if counts is not None:
+            return counts + 1 if nonzero else counts
+        d = type(d)(d.keys)  # the same stage, unclaimed, for the NumPy path
     part_start = np.zeros(len(k), dtype=np.int64)
     np.cumsum(k[:-1], out=part_start[1:])
     kk = np.repeat(k, balls)

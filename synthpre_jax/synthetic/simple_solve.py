@@ -204,11 +204,13 @@ def solve_search(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 def solve_delete(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
     seq, query = split_at_first(raw, ARG_DIVIDER)
     at = find_rows(seq, query)
-    srow = seq.row_ids()
-    start = at[srow]
-    pos = seq.positions()
-    keep = (start < 0) | (pos < start) | (pos >= start + query.lengths[srow])
-    return Ragged(seq.values[keep], np.bincount(srow[keep], minlength=len(seq)))
+    hit = at >= 0
+    first = seq.offsets[:-1][hit] + at[hit]
+    n = len(seq.values)
+    # +1 where a deleted span starts, -1 where it ends: the running sum marks the spans.
+    inside = np.cumsum(np.bincount(first, minlength=n + 1)
+                       - np.bincount(first + query.lengths[hit], minlength=n + 1))[:n]
+    return Ragged(seq.values[inside == 0], seq.lengths - np.where(hit, query.lengths, 0))
 
 
 def solve_sort(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:

@@ -178,3 +178,21 @@ def test_shuffle_rows_in_one_pass_equals_the_argsort_path(monkeypatch):
     assert np.array_equal(fast.values, want) and np.array_equal(fast.lengths, lengths)
     monkeypatch.setattr(native, "kernels", lambda: None)
     assert np.array_equal(shuffle_rows(r, Draws(keys)).values, want)
+
+
+def test_partition_counts_with_and_without_kernels(monkeypatch):
+    from synthpre_jax.synthetic.ragged import partition_counts
+    from synthpre_jax.synthetic.rng import Draws
+
+    rng = np.random.default_rng(9)
+    keys = rng.integers(0, 2**64, 500, dtype=np.uint64, endpoint=False)
+    k = rng.integers(1, 60, 500)
+    n = k + rng.integers(0, 200, 500)
+    for nonzero in (True, False):
+        fast = partition_counts(Draws(keys), n, k, nonzero)
+        with monkeypatch.context() as mp:
+            mp.setattr(native, "kernels", lambda: None)
+            slow = partition_counts(Draws(keys), n, k, nonzero)
+        assert np.array_equal(fast, slow)
+        sums = np.add.reduceat(fast, np.cumsum(k) - k)
+        assert np.array_equal(sums, n) and (fast >= (1 if nonzero else 0)).all()
