@@ -4,9 +4,12 @@
         [--pipeline_examples 2000] [--no_pipeline]
 
 For every task it measures, on one process with TensorFlow limited to one thread:
-  ours      `generate_range` (NumPy, blocks of 1024 examples, 256 for nonsense_summary)
-            in examples per CPU-second (with the generators' glibc malloc tuning, see
-            `synthpre_jax.synthetic.malloc_tuning`, in effect for both columns);
+  ours      `generate_range` (NumPy and the generators' C kernels, blocks of 1024
+            examples, 256 for nonsense_summary) in examples per CPU-second (with the
+            generators' glibc malloc tuning, see `synthpre_jax.synthetic.malloc_tuning`,
+            in effect for both columns);
+  numpy_only  the same without the C kernels (no compiler, or SYNTHPRE_NATIVE_KERNELS=0):
+            the same examples, NumPy/Python only;
   authors   a faithful reimplementation, written for this benchmark, of the release's
             per-example loop (`tasks_with_tokens.generate_example` with its samplers,
             `lime_datagen.gen_one_lime_data`, `summarization_tasks_datagen` for
@@ -36,6 +39,7 @@ Writes benchmarks/results/synthetic_throughput.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -43,12 +47,14 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from synthpre_jax.synthetic import native  # noqa: E402
 from synthpre_jax.synthetic.base import generate_range  # noqa: E402
 from synthpre_jax.synthetic.codec import FallbackCodec, strip_lone_space  # noqa: E402
 from synthpre_jax.synthetic.malloc_tuning import tune_malloc  # noqa: E402
@@ -392,15 +398,36 @@ def authors_step(task_id: str):
     return step
 
 
-def paired_rates(task_id: str, seconds: float, rounds: int) -> tuple[float, float, float]:
-    """Median rates of ours and the authors' loop, and the median of paired ratios."""
+@contextlib.contextmanager
+def kernels_off():
+    """The generators without their C kernels (what a machine without a compiler runs)."""
+    saved = native.kernels
+    native.kernels = lambda: None
+    try:
+        yield
+    finally:
+        native.kernels = saved
+
+
+def paired_rates(task_id: str, seconds: float, rounds: int,
+                 numpy_only: bool) -> tuple[float, float, float, Optional[float]]:
+    """Median rates of ours and the authors' loop, the median of paired ratios, and the
+    median rate of ours without the C kernels (when asked), in alternating rounds."""
     ours, theirs = ours_step(task_id), authors_step(task_id)
     ours(), theirs()  # warm-up
-    a, b = [], []
+    plain = ours_step(task_id) if numpy_only else None
+    if plain is not None:
+        with kernels_off():
+            plain()
+    a, b, c = [], [], []
     for _ in range(rounds):
         a.append(cpu_rate(ours, seconds / rounds))
         b.append(cpu_rate(theirs, seconds / rounds))
-    return float(np.median(a)), float(np.median(b)), float(np.median(np.divide(a, b)))
+        if plain is not None:
+            with kernels_off():
+                c.append(cpu_rate(plain, seconds / rounds))
+    return (float(np.median(a)), float(np.median(b)), float(np.median(np.divide(a, b))),
+            float(np.median(c)) if c else None)
 
 
 PIPELINES = ("seqio", "numpy_converter", "training")
@@ -449,6 +476,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
     p.add_argument("--pipeline_rows", type=int, default=1024, help="packed rows per pipeline run (at least; and at least 3 CPU-s)")
     p.add_argument("--no_pipeline", action="store_true")
+    p.add_argument("--no_numpy_only", action="store_true",
+                   help="skip the column of ours without the C kernels")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "synthetic_throughput.json"))
     args = p.parse_args(argv)
     if not args.no_pipeline:
@@ -458,22 +487,24 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)
     rows = []
-    print(f"{'task':18s} {'ours/s':>10s} {'authors/s':>10s} {'ratio':>7s} "
+    print(f"{'task':18s} {'ours/s':>10s} {'authors/s':>10s} {'ratio':>7s} {'numpy_only/s':>12s} "
           + " ".join(f"{k + '/s':>17s}" for k in PIPELINES))
     names = args.tasks.split(",")
-    gen = {t: paired_rates(t, args.seconds, args.rounds) for t in names}  # before any tf.data
+    gen = {t: paired_rates(t, args.seconds, args.rounds, not args.no_numpy_only)
+           for t in names}  # before any tf.data
     for t in names:
-        ours, theirs, ratio = gen[t]
+        ours, theirs, ratio, plain = gen[t]
         pipes = {k: None for k in PIPELINES}
         if not args.no_pipeline:
             pipes = {k: pipeline_rate(t, args.pipeline_rows, k) for k in PIPELINES}
         rows.append({"task": t, "ours_per_cpu_s": ours, "authors_per_cpu_s": theirs,
-                     "ratio": ratio, **{f"{k}_pipeline_per_cpu_s": v for k, v in pipes.items()}})
+                     "ratio": ratio, "numpy_only_per_cpu_s": plain,
+                     **{f"{k}_pipeline_per_cpu_s": v for k, v in pipes.items()}})
 
         def fmt(x, w):
             return f"{x:{w}.0f}" if x is not None else f"{'-':>{w}s}"
 
-        print(f"{t:18s} {ours:10.0f} {theirs:10.0f} {ratio:7.1f} "
+        print(f"{t:18s} {ours:10.0f} {theirs:10.0f} {ratio:7.1f} {fmt(plain, 12)} "
               + " ".join(fmt(pipes[k], 17) for k in PIPELINES), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -481,6 +512,7 @@ def main(argv=None) -> int:
             "python": sys.version.split()[0], "numpy": np.__version__,
             "seconds_per_generator": args.seconds, "rounds": args.rounds,
             "pipeline_rows": args.pipeline_rows, "malloc_tuning": tune_malloc(),
+            "c_kernels": native.kernels() is not None,
             "note": ("examples per CPU-second: generators on the measuring thread's CPU time "
                      "(medians of alternating rounds), pipelines on the process's CPU time "
                      "with TensorFlow limited to one inter-op and one intra-op thread")}
