@@ -685,3 +685,36 @@ void rng_partition(int64_t rows, const uint64_t *keys, const int64_t *balls, con
         counts += parts;
     }
 }
+
+/* `SimpleTask._distinct_rows` by per-row retries: row r draws m[r] pool ids from stage
+ * try0 (keys mix(key_r ^ hashes[0])), and again from try1, try2, ... while they hold a
+ * repeat. A pool id is lo + j, or ids[j] when ids is given, for j = ((z >> 32) * n) >> 32 of
+ * the counter numbers z (`Draws.integers`). Ids are below 2**22. Returns 0, -1 when out of
+ * memory, or 1 when a row needs more than `attempts` rounds (the caller's NumPy path). */
+int rng_distinct_rows(int64_t rows, const uint64_t *keys, const int64_t *m,
+                      const uint64_t *hashes, int64_t attempts, uint64_t n, int32_t lo,
+                      const int32_t *ids, int32_t *out) {
+    uint64_t *bits = calloc(((size_t)1 << 22) / 64, sizeof(uint64_t));
+    if (!bits) return -1;
+    int rc = 0;
+    for (int64_t r = 0; r < rows && rc == 0; r++) {
+        int64_t a = 0;
+        for (;; a++) {
+            if (a == attempts) { rc = 1; break; }
+            uint64_t x = mix64(keys[r] ^ hashes[a]) + GOLDEN;
+            int repeat = 0;
+            for (int64_t i = 0; i < m[r]; i++, x += GOLDEN) {
+                uint64_t j = ((mix64(x) >> 32) * n) >> 32;
+                int32_t v = ids ? ids[j] : lo + (int32_t)j;
+                out[i] = v;
+                repeat |= has_bit(bits, v);
+                bits[v >> 6] |= (uint64_t)1 << (v & 63);
+            }
+            clear_bits(bits, out, m[r]);
+            if (!repeat) break;
+        }
+        out += m[r];
+    }
+    free(bits);
+    return rc;
+}

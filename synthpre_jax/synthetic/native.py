@@ -52,6 +52,9 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_shuffle_rows.restype = i32
         lib.rng_partition.argtypes = [i64, ptr, ptr, ptr, ptr]
         lib.rng_partition.restype = None
+        lib.rng_distinct_rows.argtypes = [i64, ptr, ptr, ptr, i64, ctypes.c_uint64,
+                                          ctypes.c_int32, ptr, ptr]
+        lib.rng_distinct_rows.restype = i32
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -240,3 +243,25 @@ def partition(keys: np.ndarray, balls: np.ndarray, k: np.ndarray) -> Optional[np
     lib.rng_partition(len(keys), keys.ctypes.data, balls.ctypes.data, k.ctypes.data,
                       counts.ctypes.data)
     return counts
+
+
+def distinct_rows(keys: np.ndarray, m: np.ndarray, hashes: np.ndarray, n: int, lo: int,
+                  ids: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Row r: m[r] distinct pool ids drawn from stage try0, try1, ... (stage hashes given)
+    until they hold no repeat; None without the kernels, for ids >= 2**22, or when a row
+    needs more rounds than hashes."""
+    lib = kernels()
+    if lib is None or (ids is None and lo + n > 1 << 22) or (
+            ids is not None and len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= 1 << 22)):
+        return None
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    m = np.ascontiguousarray(m, dtype=np.int64)
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    ids_arr = None if ids is None else np.ascontiguousarray(ids, dtype=np.int32)
+    out = np.empty(int(m.sum()), dtype=np.int32)
+    rc = lib.rng_distinct_rows(len(keys), keys.ctypes.data, m.ctypes.data, hashes.ctypes.data,
+                               len(hashes), n, lo, None if ids_arr is None else ids_arr.ctypes.data,
+                               out.ctypes.data)
+    if rc < 0:
+        raise MemoryError("distinct rows: out of memory")
+    return out if rc == 0 else None

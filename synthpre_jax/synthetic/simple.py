@@ -24,7 +24,7 @@ from synthpre_jax.synthetic.pyset import ORDERS
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, TokenPool, fill_empty, isin_sorted,
                                            join, partition_counts, prepend, segment_positions,
                                            shuffle_rows, take_rows, unique_sorted)
-from synthpre_jax.synthetic.rng import Draws
+from synthpre_jax.synthetic.rng import Draws, stable_hash
 from synthpre_jax.synthetic.simple_solve import (ARG_DIVIDER, EMPTY_OUTPUT, SOLVERS,
                                                  TASK_DIVIDER, WORD_DIVIDER, TargetVocab,
                                                  find_sublist)
@@ -232,6 +232,10 @@ class SimpleTask(SyntheticTask):
             perm = np.argsort(d.sub("perm").matrix(size), axis=1)
             keep = np.arange(size)[None, :] < m[:, None]
             return Ragged(self.pool.pick((perm[keep] + 0.5) / size), m)
+        pool = self.pool
+        fast = native.distinct_rows(d.keys, m, _TRY_HASHES, size, pool.lo or 0, pool.ids)
+        if fast is not None:  # the same rounds per row, in C
+            return Ragged(fast, m)
         out = Ragged(self._tokens(d.sub("try0"), m), m)
         redo, attempt = _rows_with_repeats(out), 0
         while len(redo):
@@ -364,6 +368,7 @@ class SimpleTask(SyntheticTask):
         return join([seq, query], [[ARG_DIVIDER]])
 
 
+_TRY_HASHES = np.array([stable_hash(f"try{a}", 64) for a in range(64)], dtype=np.uint64)
 MIN_ABSENT_ACCEPTANCE = 1e-3  # at most ~1,000 rounds per query-absent example on average
 
 

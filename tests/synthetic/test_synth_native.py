@@ -196,3 +196,19 @@ def test_partition_counts_with_and_without_kernels(monkeypatch):
         assert np.array_equal(fast, slow)
         sums = np.add.reduceat(fast, np.cumsum(k) - k)
         assert np.array_equal(sums, n) and (fast >= (1 if nonzero else 0)).all()
+
+
+@pytest.mark.parametrize("num_tokens", [None, 300, 5000])
+def test_set_op_examples_with_and_without_kernels(num_tokens, monkeypatch):
+    """Sub-vocabulary draws with retries, operand picks and set layouts in C give the
+    examples of the NumPy/Python path (contiguous pool, small pool, scattered ids)."""
+    from synthpre_jax.synthetic.base import generate_range
+    from synthpre_jax.synthetic.simple import SimpleTask
+
+    t = SimpleTask("union", num_tokens=num_tokens)
+    fast = generate_range(t, 2, "train", 0, 1500)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    slow = generate_range(t, 2, "train", 0, 1500)
+    for f in ("inputs", "targets"):
+        assert np.array_equal(fast[f].values, slow[f].values)
+        assert np.array_equal(fast[f].lengths, slow[f].lengths)
