@@ -62,6 +62,27 @@ def kernels() -> Optional[ctypes.CDLL]:
     return lib
 
 
+U64, I64, I32 = np.uint64, np.int64, np.int32
+
+
+def as_c(a, dtype) -> np.ndarray:
+    """`a` as a C-contiguous array of `dtype` (a copy only when needed)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def call(fn, *args, what: str = "") -> int:
+    """`fn` with arrays passed by address; a negative return (out of memory) raises."""
+    rc = fn(*[a.ctypes.data if isinstance(a, np.ndarray) else a for a in args])
+    if rc is not None and rc < 0:
+        raise MemoryError(f"{what}: out of memory")
+    return rc
+
+
+def _ids_ok(*arrays: np.ndarray) -> bool:
+    """Every value in [0, 2**22): the range of the kernels' bitmaps."""
+    return all(not len(a) or (int(a.min()) >= 0 and int(a.max()) < 1 << 22) for a in arrays)
+
+
 def sort_keys(a: np.ndarray) -> np.ndarray:
     """`np.sort(a)` of a 1-D integer array, by an LSD radix sort when the keys are
     non-negative and the kernels are available."""
@@ -73,12 +94,9 @@ def sort_keys(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "i" and int(a.min()) < 0:
         return np.sort(a)
     wide = a.dtype.itemsize == 8
-    out = np.array(a, dtype=np.uint64 if wide else np.uint32)
-    tmp = np.empty_like(out)
-    bits = int(out.max()).bit_length()
-    sort = lib.sk_sort_u64 if wide else lib.sk_sort_u32
-    if sort(len(out), out.ctypes.data, tmp.ctypes.data, bits) != 0:
-        raise MemoryError("radix sort: out of memory")
+    out = np.array(a, dtype=U64 if wide else np.uint32)
+    call(lib.sk_sort_u64 if wide else lib.sk_sort_u32, len(out), out, np.empty_like(out),
+          int(out.max()).bit_length(), what="radix sort")
     return out.view(a.dtype)
 
 
@@ -86,14 +104,11 @@ def row_argsort(u: np.ndarray, rows: np.ndarray) -> Optional[np.ndarray]:
     """`np.argsort(u + rows)` (u in [0, 1), rows non-decreasing, >= 0) when the kernels are
     available and no two keys tie; else None (the caller decides)."""
     lib = kernels()
-    if lib is None or len(u) >= 2**62:
+    if lib is None:
         return None
-    u = np.ascontiguousarray(u, dtype=np.float64)
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    perm = np.empty(len(u), dtype=np.int64)
-    rc = lib.sk_row_argsort(len(u), u.ctypes.data, rows.ctypes.data, perm.ctypes.data)
-    if rc < 0:
-        raise MemoryError("row argsort: out of memory")
+    perm = np.empty(len(u), dtype=I64)
+    rc = call(lib.sk_row_argsort, len(u), as_c(u, np.float64), as_c(rows, I64), perm,
+               what="row argsort")
     return perm if rc == 0 else None
 
 
@@ -101,17 +116,12 @@ def first_in_rows(values: np.ndarray, lengths: np.ndarray) -> Optional[np.ndarra
     """Mask of the values that first occur in their row (values int32 in [0, 2**22)), or None
     when the kernels are unavailable or the values out of that range."""
     lib = kernels()
-    if lib is None:
+    values = as_c(values, I32)
+    if lib is None or not _ids_ok(values):
         return None
-    values = np.ascontiguousarray(values, dtype=np.int32)
-    if len(values) and (int(values.min()) < 0 or int(values.max()) >= 1 << 22):
-        return None
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     mask = np.empty(len(values), dtype=np.uint8)
-    top = int(values.max()) if len(values) else 0
-    if lib.sk_first_in_rows(len(lengths), lengths.ctypes.data, values.ctypes.data, top,
-                            mask.ctypes.data) != 0:
-        raise MemoryError("first occurrences: out of memory")
+    call(lib.sk_first_in_rows, len(lengths), as_c(lengths, I64), values,
+          int(values.max()) if len(values) else 0, mask, what="first occurrences")
     return mask.view(bool)
 
 
@@ -122,10 +132,10 @@ def counter_rows(keys: np.ndarray, counts: np.ndarray, offset: int = 0,
     lib = kernels()
     if lib is None:
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    counts = np.ascontiguousarray(np.broadcast_to(counts, keys.shape), dtype=np.int64)
-    out = np.empty(int(counts.sum()), dtype=np.int64 if n else np.float64)
-    lib.rng_rows(len(keys), keys.ctypes.data, counts.ctypes.data, offset, n, out.ctypes.data)
+    keys = as_c(keys, U64)
+    counts = as_c(np.broadcast_to(counts, keys.shape), I64)
+    out = np.empty(int(counts.sum()), dtype=I64 if n else np.float64)
+    call(lib.rng_rows, len(keys), keys, counts, offset, n, out)
     return out
 
 
@@ -134,52 +144,9 @@ def counter_at(keys: np.ndarray, j: np.ndarray) -> Optional[np.ndarray]:
     lib = kernels()
     if lib is None:
         return None
-    keys, j = np.broadcast_arrays(np.asarray(keys, dtype=np.uint64), np.asarray(j, dtype=np.int64))
-    keys, j = np.ascontiguousarray(keys), np.ascontiguousarray(j)
+    keys, j = np.broadcast_arrays(np.asarray(keys, dtype=U64), np.asarray(j, dtype=I64))
     out = np.empty(keys.shape, dtype=np.float64)
-    lib.rng_at(keys.size, keys.ctypes.data, j.ctypes.data, out.ctypes.data)
-    return out
-
-
-def find_rows(seq_values: np.ndarray, seq_offsets: np.ndarray, query_values: np.ndarray,
-              query_offsets: np.ndarray) -> Optional[np.ndarray]:
-    """First position of each row's query in its seq (-1: absent; 0: empty query), or None
-    without the kernels."""
-    lib = kernels()
-    if lib is None:
-        return None
-    sv = np.ascontiguousarray(seq_values, dtype=np.int32)
-    qv = np.ascontiguousarray(query_values, dtype=np.int32)
-    so = np.ascontiguousarray(seq_offsets, dtype=np.int64)
-    qo = np.ascontiguousarray(query_offsets, dtype=np.int64)
-    out = np.empty(len(so) - 1, dtype=np.int64)
-    lib.sk_find_rows(len(out), sv.ctypes.data, so.ctypes.data, qv.ctypes.data, qo.ctypes.data,
-                     out.ctypes.data)
-    return out
-
-
-def sort_rows(order_values: np.ndarray, order_offsets: np.ndarray, seq_values: np.ndarray,
-              seq_offsets: np.ndarray) -> Optional[np.ndarray]:
-    """The sort task's target values (seq sorted by each token's last index in order), or None
-    without the kernels or for values outside [0, 2**22). A seq token missing from its order
-    is a ValueError."""
-    lib = kernels()
-    if lib is None:
-        return None
-    ov = np.ascontiguousarray(order_values, dtype=np.int32)
-    sv = np.ascontiguousarray(seq_values, dtype=np.int32)
-    both = np.concatenate([ov, sv])
-    if len(both) and (int(both.min()) < 0 or int(both.max()) >= 1 << 22):
-        return None
-    oo = np.ascontiguousarray(order_offsets, dtype=np.int64)
-    so = np.ascontiguousarray(seq_offsets, dtype=np.int64)
-    out = np.empty(len(sv), dtype=np.int32)
-    rc = lib.sk_sort_rows(len(oo) - 1, ov.ctypes.data, oo.ctypes.data, sv.ctypes.data,
-                          so.ctypes.data, int(both.max()) if len(both) else 0, out.ctypes.data)
-    if rc < 0:
-        raise MemoryError("sort rows: out of memory")
-    if rc > 0:
-        raise ValueError("sort: every token of seq must appear in order")
+    call(lib.rng_at, keys.size, as_c(keys, U64), as_c(j, I64), out)
     return out
 
 
@@ -188,9 +155,9 @@ def counter_sub(keys: np.ndarray, h: int) -> Optional[np.ndarray]:
     lib = kernels()
     if lib is None:
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    keys = as_c(keys, U64)
     out = np.empty_like(keys)
-    lib.rng_sub(len(keys), keys.ctypes.data, h, out.ctypes.data)
+    call(lib.rng_sub, len(keys), keys, h, out)
     return out
 
 
@@ -202,14 +169,10 @@ def counter_pick_rows(keys: np.ndarray, counts: np.ndarray, values: np.ndarray,
     lib = kernels()
     if lib is None:
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    counts = np.ascontiguousarray(counts, dtype=np.int64)
-    values = np.ascontiguousarray(values, dtype=np.int32)
-    starts = np.ascontiguousarray(starts, dtype=np.int64)
-    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
-    out = np.empty(int(counts.sum()), dtype=np.int32)
-    lib.rng_pick_rows(len(keys), keys.ctypes.data, counts.ctypes.data, values.ctypes.data,
-                      starts.ctypes.data, sizes.ctypes.data, out.ctypes.data)
+    counts = as_c(counts, I64)
+    out = np.empty(int(counts.sum()), dtype=I32)
+    call(lib.rng_pick_rows, len(keys), as_c(keys, U64), counts, as_c(values, I32), as_c(starts, I64),
+          as_c(sizes, I64), out)
     return out
 
 
@@ -219,14 +182,10 @@ def shuffle_rows(keys: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> O
     lib = kernels()
     if lib is None:
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    values = np.ascontiguousarray(values, dtype=np.int32)
+    values = as_c(values, I32)
     out = np.empty_like(values)
-    rc = lib.rng_shuffle_rows(len(keys), keys.ctypes.data, lengths.ctypes.data,
-                              values.ctypes.data, out.ctypes.data)
-    if rc < 0:
-        raise MemoryError("shuffle rows: out of memory")
+    rc = call(lib.rng_shuffle_rows, len(keys), as_c(keys, U64), as_c(lengths, I64), values, out,
+               what="shuffle rows")
     return out if rc == 0 else None
 
 
@@ -236,12 +195,9 @@ def partition(keys: np.ndarray, balls: np.ndarray, k: np.ndarray) -> Optional[np
     lib = kernels()
     if lib is None:
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    balls = np.ascontiguousarray(balls, dtype=np.int64)
-    k = np.ascontiguousarray(k, dtype=np.int64)
-    counts = np.zeros(int(k.sum()), dtype=np.int64)
-    lib.rng_partition(len(keys), keys.ctypes.data, balls.ctypes.data, k.ctypes.data,
-                      counts.ctypes.data)
+    k = as_c(k, I64)
+    counts = np.zeros(int(k.sum()), dtype=I64)
+    call(lib.rng_partition, len(keys), as_c(keys, U64), as_c(balls, I64), k, counts)
     return counts
 
 
@@ -251,17 +207,42 @@ def distinct_rows(keys: np.ndarray, m: np.ndarray, hashes: np.ndarray, n: int, l
     until they hold no repeat; None without the kernels, for ids >= 2**22, or when a row
     needs more rounds than hashes."""
     lib = kernels()
-    if lib is None or (ids is None and lo + n > 1 << 22) or (
-            ids is not None and len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= 1 << 22)):
+    ids = None if ids is None else as_c(ids, I32)
+    if lib is None or (ids is None and lo + n > 1 << 22) or (ids is not None and not _ids_ok(ids)):
         return None
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    m = np.ascontiguousarray(m, dtype=np.int64)
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    ids_arr = None if ids is None else np.ascontiguousarray(ids, dtype=np.int32)
-    out = np.empty(int(m.sum()), dtype=np.int32)
-    rc = lib.rng_distinct_rows(len(keys), keys.ctypes.data, m.ctypes.data, hashes.ctypes.data,
-                               len(hashes), n, lo, None if ids_arr is None else ids_arr.ctypes.data,
-                               out.ctypes.data)
-    if rc < 0:
-        raise MemoryError("distinct rows: out of memory")
+    m = as_c(m, I64)
+    out = np.empty(int(m.sum()), dtype=I32)
+    rc = call(lib.rng_distinct_rows, len(keys), as_c(keys, U64), m, as_c(hashes, U64), len(hashes),
+               n, lo, ids, out, what="distinct rows")
     return out if rc == 0 else None
+
+
+def find_rows(seq_values: np.ndarray, seq_offsets: np.ndarray, query_values: np.ndarray,
+              query_offsets: np.ndarray) -> Optional[np.ndarray]:
+    """First position of each row's query in its seq (-1: absent; 0: empty query), or None
+    without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    out = np.empty(len(seq_offsets) - 1, dtype=I64)
+    call(lib.sk_find_rows, len(out), as_c(seq_values, I32), as_c(seq_offsets, I64),
+          as_c(query_values, I32), as_c(query_offsets, I64), out)
+    return out
+
+
+def sort_rows(order_values: np.ndarray, order_offsets: np.ndarray, seq_values: np.ndarray,
+              seq_offsets: np.ndarray) -> Optional[np.ndarray]:
+    """The sort task's target values (seq sorted by each token's last index in order), or None
+    without the kernels or for values outside [0, 2**22). A seq token missing from its order
+    is a ValueError."""
+    lib = kernels()
+    ov, sv = as_c(order_values, I32), as_c(seq_values, I32)
+    if lib is None or not _ids_ok(ov, sv):
+        return None
+    top = max(int(ov.max()) if len(ov) else 0, int(sv.max()) if len(sv) else 0)
+    out = np.empty(len(sv), dtype=I32)
+    rc = call(lib.sk_sort_rows, len(order_offsets) - 1, ov, as_c(order_offsets, I64), sv,
+               as_c(seq_offsets, I64), top, out, what="sort rows")
+    if rc > 0:
+        raise ValueError("sort: every token of seq must appear in order")
+    return out

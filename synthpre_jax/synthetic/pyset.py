@@ -334,18 +334,14 @@ def _rows_native(op: str, a: Ragged, b: Optional[Ragged]) -> Optional[Ragged]:
     if lib is None or (len(a.values) and int(a.values.min()) < 0) or (
             b is not None and len(b.values) and int(b.values.min()) < 0):
         return None
-    av = np.ascontiguousarray(a.values, dtype=np.int32)
     aoff = a.offsets
-    if b is None:
-        bv, boff = av, np.zeros_like(aoff)
-    else:
-        bv, boff = np.ascontiguousarray(b.values, dtype=np.int32), b.offsets
+    boff = np.zeros_like(aoff) if b is None else b.offsets
     room = aoff + boff
     out = np.empty(max(int(room[-1]), 1), dtype=np.int32)
     lengths = np.empty(len(a), dtype=np.int64)
-    if lib.ps_rows(_OPS[op], len(a), av.ctypes.data, aoff.ctypes.data, bv.ctypes.data,
-                   boff.ctypes.data, out.ctypes.data, lengths.ctypes.data) != 0:
-        raise MemoryError("set emulation: out of memory")
+    native.call(lib.ps_rows, _OPS[op], len(a), native.as_c(a.values, np.int32), aoff,
+                 native.as_c((a if b is None else b).values, np.int32), boff, out, lengths,
+                 what="set emulation")
     starts = np.repeat(room[:-1] - (np.cumsum(lengths) - lengths), lengths)
     return Ragged(out[starts + np.arange(int(lengths.sum()))], lengths)
 
