@@ -1,16 +1,20 @@
-/* Kernels of the synthetic generators: CPython set layouts and a radix sort.
+/* Kernels of the synthetic generators (`synthpre_jax/synthetic/native.py` loads them).
+ *
+ * Each does in one pass what the generators otherwise do with many NumPy passes or a Python
+ * loop, and gives the same values as that NumPy/Python twin (the tests compare them):
+ * CPython set layouts (ps_rows), a radix sort (sk_sort_*), per-row argsort, first
+ * occurrences, sublist search and the sort target (sk_*), the counter-based numbers and the
+ * samplers built on them (rng_*), and the nesting language's stack walk (nl_walk).
  *
  * CPython 3.11 `set` layouts of non-negative int keys, for many rows at once.
- *
  * The set-operation tasks' targets are `list(set(a).union(set(b)))` and the like, so their
  * order is CPython's hash-table layout (Objects/setobject.c). This is the same emulation as
  * `synthetic/pyset.py`'s EmulatedSet (which the tests check against the interpreter), written
- * in C so that a block of examples costs well under a microsecond each instead of the ~20 us
- * of building Python lists and sets per example. For a key k with 0 <= k < 2**61 - 1 the
- * hash is k itself, so only the table logic matters: open addressing with LINEAR_PROBES
- * linear probes then perturbed probing, growth when fill*5 >= mask*3, set_merge's up-front
- * resize and table copy, and the strategies of intersection and difference (including the
- * copy-then-discard path, which leaves dummies).
+ * in C so that a row costs ~2 us instead of the ~20 us of building Python lists and sets.
+ * For a key k with 0 <= k < 2**61 - 1 the hash is k itself, so only the table logic matters:
+ * open addressing with LINEAR_PROBES linear probes then perturbed probing, growth when
+ * fill*5 >= mask*3, set_merge's up-front resize and table copy, and the strategies of
+ * intersection and difference (including the copy-then-discard path, which leaves dummies).
  */
 #include <stdint.h>
 #include <stdlib.h>
