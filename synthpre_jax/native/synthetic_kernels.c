@@ -305,21 +305,21 @@ static int op_bits(int op, eset *res, const eset *a, const eset *b, const uint64
 }
 
 /* For each row r: op 0 `list(set(a_r))`, 1 `list(set(a_r).union(set(b_r)))`,
- * 2 `list(set(a_r).intersection(set(b_r)))`, 3 `list(set(a_r) - set(b_r))`.
- * Rows of a (and b) are v[off[r]:off[r+1]]; keys must be >= 0. Row r's result goes to
- * out[out_off[r]:out_off[r] + out_len[r]], where out_off[r] = a_off[r] + b_off[r] (b_off all
- * zero for op 0), room enough for any result. Returns 0, or -1 when out of memory. */
-int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const int32_t *bv,
-            const int64_t *boff, int32_t *out, int64_t *out_len) {
+ * 2 `list(set(a_r).intersection(set(b_r)))`, 3 `list(set(a_r) - set(b_r))`, where a_r is
+ * av[as[r] : as[r] + al[r]] and b_r is bv[bs[r] : bs[r] + bl[r]] (ignored for op 0); keys
+ * must be >= 0. The results go to out one after another (room: the total of al and bl),
+ * row r's length to out_len[r]. Returns 0, or -1 when out of memory. */
+int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *as, const int64_t *al,
+            const int32_t *bv, const int64_t *bs, const int64_t *bl, int32_t *out,
+            int64_t *out_len) {
     int32_t maxkey = 0;
-    for (int64_t i = 0; i < aoff[rows]; i++) if (av[i] > maxkey) maxkey = av[i];
-    if (op)
-        for (int64_t i = 0; i < boff[rows]; i++) if (bv[i] > maxkey) maxkey = bv[i];
     int64_t longest = 0;
     for (int64_t r = 0; r < rows; r++) {
-        int64_t na = aoff[r + 1] - aoff[r], nb = op ? boff[r + 1] - boff[r] : 0;
-        if (na > longest) longest = na;
-        if (nb > longest) longest = nb;
+        for (int64_t i = as[r]; i < as[r] + al[r]; i++) if (av[i] > maxkey) maxkey = av[i];
+        if (al[r] > longest) longest = al[r];
+        if (!op) continue;
+        for (int64_t i = bs[r]; i < bs[r] + bl[r]; i++) if (bv[i] > maxkey) maxkey = bv[i];
+        if (bl[r] > longest) longest = bl[r];
     }
     /* scratch: a row's keys, or a table of one operand (<= 8 * longest + 8 slots), or the
      * result's table (<= 16 * longest + 8) for emit */
@@ -333,9 +333,8 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const 
     int err = scratch ? 0 : 1;
     for (int64_t r = 0; r < rows && !err; r++) {
         eset a, b, res;
-        const int32_t *ra = av + aoff[r], *rb = bv + (op ? boff[r] : 0);
-        int64_t na = aoff[r + 1] - aoff[r], nb = op ? boff[r + 1] - boff[r] : 0;
-        int32_t *dst = out + aoff[r] + (op ? boff[r] : 0);
+        const int32_t *ra = av + as[r], *rb = op ? bv + bs[r] : av;
+        int64_t na = al[r], nb = op ? bl[r] : 0;
         es_init(&b);
         es_init(&res);
         err = ba ? from_list_bits(&a, ra, na, ba, scratch) : from_list(&a, ra, na);
@@ -352,7 +351,10 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const 
             if (!err) out_len[r] = emit(&res, scratch);
         }
         /* emitted into L1-resident scratch, then only the keys copied out */
-        if (!err) memcpy(dst, scratch, (size_t)out_len[r] * sizeof(int32_t));
+        if (!err) {
+            memcpy(out, scratch, (size_t)out_len[r] * sizeof(int32_t));
+            out += out_len[r];
+        }
         if (ba) {
             clear_bits(ba, ra, na);
             clear_bits(bb, rb, nb);
@@ -365,6 +367,17 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *aoff, const 
     free(bb);
     free(scratch);
     return err ? -1 : 0;
+}
+
+/* sk_first_index: pos[r] = the index in row r (v[off[r] : off[r + 1]]) of its first `sep`,
+ * or -1. */
+void sk_first_index(int64_t rows, const int32_t *v, const int64_t *off, int32_t sep,
+                    int64_t *pos) {
+    for (int64_t r = 0; r < rows; r++) {
+        pos[r] = -1;
+        for (int64_t i = off[r]; i < off[r + 1]; i++)
+            if (v[i] == sep) { pos[r] = i - off[r]; break; }
+    }
 }
 
 /* ---- LSD radix sort of non-negative integer keys --------------------------------------

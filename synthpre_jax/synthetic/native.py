@@ -29,7 +29,7 @@ def kernels() -> Optional[ctypes.CDLL]:
     lib = native_build.load(SOURCE, FLAGS, "NumPy and Python sets")
     if lib is not None:
         ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.ps_rows.argtypes = [i32, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.ps_rows.argtypes = [i32, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
         lib.ps_rows.restype = i32
         for name in ("sk_sort_u64", "sk_sort_u32"):
             getattr(lib, name).argtypes = [i64, ptr, ptr, i32]
@@ -55,6 +55,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_distinct_rows.argtypes = [i64, ptr, ptr, ptr, i64, ctypes.c_uint64,
                                           ctypes.c_int32, ptr, ptr]
         lib.rng_distinct_rows.restype = i32
+        lib.sk_first_index.argtypes = [i64, ptr, ptr, ctypes.c_int32, ptr]
+        lib.sk_first_index.restype = None
         lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
@@ -246,3 +248,13 @@ def sort_rows(order_values: np.ndarray, order_offsets: np.ndarray, seq_values: n
     if rc > 0:
         raise ValueError("sort: every token of seq must appear in order")
     return out
+
+
+def first_index(values: np.ndarray, offsets: np.ndarray, sep: int) -> Optional[np.ndarray]:
+    """Index of each row's first `sep` inside the row (-1: none); None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    pos = np.empty(len(offsets) - 1, dtype=I64)
+    call(lib.sk_first_index, len(pos), as_c(values, I32), as_c(offsets, I64), sep, pos)
+    return pos

@@ -36,7 +36,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from synthpre_jax.synthetic import native
-from synthpre_jax.synthetic.ragged import Ragged
+from synthpre_jax.synthetic.ragged import Ragged, split_at_first
 
 LINEAR_PROBES = 9
 PERTURB_SHIFT = 5
@@ -328,22 +328,24 @@ def set_operation_lists(op: str, a: list, b: list, order: str = "cpython") -> li
 _OPS = {"set": 0, "union": 1, "intersection": 2, "difference": 3}
 
 
-def _rows_native(op: str, a: Ragged, b: Optional[Ragged]) -> Optional[Ragged]:
-    """`set_rows` in C, or None (no library, or keys the kernel's hash does not cover)."""
+def _rows_native(op: str, a: tuple, b: Optional[tuple]) -> Optional[Ragged]:
+    """`set_rows` in C, or None (no library, or keys the kernel's hash does not cover).
+    An operand is (values, starts, lengths): row r is values[starts[r]:][:lengths[r]]."""
     lib = native.kernels()
-    if lib is None or (len(a.values) and int(a.values.min()) < 0) or (
-            b is not None and len(b.values) and int(b.values.min()) < 0):
+    if lib is None or any(len(x[0]) and int(x[0].min()) < 0 for x in (a, b) if x is not None):
         return None
-    aoff = a.offsets
-    boff = np.zeros_like(aoff) if b is None else b.offsets
-    room = aoff + boff
-    out = np.empty(max(int(room[-1]), 1), dtype=np.int32)
-    lengths = np.empty(len(a), dtype=np.int64)
-    native.call(lib.ps_rows, _OPS[op], len(a), native.as_c(a.values, np.int32), aoff,
-                 native.as_c((a if b is None else b).values, np.int32), boff, out, lengths,
-                 what="set emulation")
-    starts = np.repeat(room[:-1] - (np.cumsum(lengths) - lengths), lengths)
-    return Ragged(out[starts + np.arange(int(lengths.sum()))], lengths)
+    bv, bs, bl = b if b is not None else a
+    out = np.empty(max(int(a[2].sum() + (0 if b is None else bl.sum())), 1), dtype=np.int32)
+    lengths = np.empty(len(a[2]), dtype=np.int64)
+    native.call(lib.ps_rows, _OPS[op], len(lengths), native.as_c(a[0], np.int32),
+                native.as_c(a[1], np.int64), native.as_c(a[2], np.int64),
+                native.as_c(bv, np.int32), native.as_c(bs, np.int64), native.as_c(bl, np.int64),
+                out, lengths, what="set emulation")
+    return Ragged(out[:int(lengths.sum())], lengths)
+
+
+def _operand(r: Ragged) -> tuple:
+    return r.values, r.starts, r.lengths
 
 
 def set_rows(op: str, a: Ragged, b: Optional[Ragged] = None,
@@ -354,10 +356,31 @@ def set_rows(op: str, a: Ragged, b: Optional[Ragged] = None,
     if op not in _OPS or (op == "set") != (b is None) or (b is not None and len(a) != len(b)):
         raise ValueError(f"set_rows: bad operation {op!r} or operands")
     if order == "cpython":
-        out = _rows_native(op, a, b)
+        out = _rows_native(op, _operand(a), None if b is None else _operand(b))
         if out is not None:
             return out
     if op == "set":
         return Ragged.from_rows([set_list(x, order) for x in a.tolists()])
     return Ragged.from_rows([set_operation_lists(op, x, y, order)
                              for x, y in zip(a.tolists(), b.tolists())])
+
+
+def set_rows_split(op: str, raw: Ragged, sep: int, swap: bool = False,
+                   order: str = "cpython") -> Ragged:
+    """`set_rows(op, left, right)` of each row split at its first `sep` (left and right
+    exchanged with `swap`), without copying the operands out when the kernels run. Every row
+    must contain `sep`."""
+    _check_order(order)
+    pos = native.first_index(raw.values, raw.offsets, sep) if order == "cpython" else None
+    if pos is not None:
+        if (pos < 0).any():
+            raise ValueError(f"every raw input must contain the separator {sep}")
+        starts = raw.starts
+        left, right = (raw.values, starts, pos), (raw.values, starts + pos + 1, raw.lengths - pos - 1)
+        if swap:
+            left, right = right, left
+        out = _rows_native(op, left, right)
+        if out is not None:
+            return out
+    s1, s2 = split_at_first(raw, sep)
+    return set_rows(op, *((s2, s1) if swap else (s1, s2)), order=order)

@@ -15,7 +15,7 @@ import numpy as np
 
 from synthpre_jax.synthetic import native
 from synthpre_jax.synthetic.codec import Codec, strip_lone_space
-from synthpre_jax.synthetic.pyset import set_rows
+from synthpre_jax.synthetic.pyset import set_rows_split
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_in_rows, first_occurrences,
                                            reverse_rows, segment_positions, split_at_first,
                                            stable_sort_index, take_rows)
@@ -260,9 +260,7 @@ def solve_replace(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 def _setop(op: str, swap: bool) -> Callable:
     def solve(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
         """The authors' `list(set(x).union(set(y)))`, `.intersection`, `set(x) - set(y)`."""
-        s1, s2 = split_at_first(raw, ARG_DIVIDER)
-        a, b = (s2, s1) if swap else (s1, s2)
-        return set_rows(op, a, b, order)
+        return set_rows_split(op, raw, ARG_DIVIDER, swap, order)
     return solve
 
 

@@ -87,3 +87,23 @@ def test_empty_block():
     empty = Ragged(np.zeros(0, np.int32), np.zeros(0, np.int64))
     assert len(set_rows("union", empty, empty)) == 0
     assert len(set_rows("set", empty)) == 0
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_split_rows_equal_split_then_set_rows(swap, monkeypatch):
+    from synthpre_jax.synthetic.pyset import set_rows_split
+    from synthpre_jax.synthetic.ragged import split_at_first
+
+    a_rows, b_rows = next(_blocks(seed=4, count=1, rows=80))
+    raw = Ragged.from_rows([[5] + x + [99, 7] + y for x, y in zip(a_rows, b_rows)])  # 99: sep
+    s1, s2 = split_at_first(raw, 99)
+    for op in OPS:
+        want = set_rows(op, *((s2, s1) if swap else (s1, s2)))
+        assert set_rows_split(op, raw, 99, swap).tolists() == want.tolists()
+    with pytest.raises(ValueError, match="separator 99"):
+        set_rows_split("union", Ragged.from_rows([[1, 99, 2], [3]]), 99)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert set_rows_split("union", raw, 99, swap).tolists() == set_rows(
+        "union", *((s2, s1) if swap else (s1, s2))).tolists()
+    with pytest.raises(ValueError, match="separator 99"):
+        set_rows_split("union", Ragged.from_rows([[1, 99, 2], [3]]), 99)
