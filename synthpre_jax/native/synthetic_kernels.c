@@ -495,13 +495,13 @@ int sk_first_in_rows(int64_t rows, const int64_t *lengths, const int32_t *values
     return 0;
 }
 
-/* sk_find_rows: out[r] = the first position of row r's query inside row r's seq, -1 when
- * absent, 0 for an empty query (`simple_solve.find_sublist` for every row). */
-void sk_find_rows(int64_t rows, const int32_t *sv, const int64_t *soff, const int32_t *qv,
-                  const int64_t *qoff, int64_t *out) {
+/* sk_find_rows: out[r] = the first position of row r's query (qv[qs[r]:][:ql[r]]) inside its
+ * seq (sv[ss[r]:][:sl[r]]), -1 when absent, 0 for an empty query (`find_sublist`). */
+void sk_find_rows(int64_t rows, const int32_t *sv, const int64_t *ss, const int64_t *sl,
+                  const int32_t *qv, const int64_t *qs, const int64_t *ql, int64_t *out) {
     for (int64_t r = 0; r < rows; r++) {
-        const int32_t *s = sv + soff[r], *q = qv + qoff[r];
-        int64_t ls = soff[r + 1] - soff[r], lq = qoff[r + 1] - qoff[r], at = -1;
+        const int32_t *s = sv + ss[r], *q = qv + qs[r];
+        int64_t ls = sl[r], lq = ql[r], at = -1;
         if (lq == 0) at = 0;
         for (int64_t i = 0; lq > 0 && i + lq <= ls; i++) {
             if (s[i] != q[0]) continue;
@@ -510,6 +510,36 @@ void sk_find_rows(int64_t rows, const int32_t *sv, const int64_t *soff, const in
             if (j == lq) { at = i; break; }
         }
         out[r] = at;
+    }
+}
+
+/* sk_cut_rows: row r's values v[s[r]:][:len[r]] without the span [at[r], at[r] + cut[r])
+ * when at[r] >= 0, one row after another into out (the delete task's target). */
+void sk_cut_rows(int64_t rows, const int32_t *v, const int64_t *s, const int64_t *len,
+                 const int64_t *at, const int64_t *cut, int32_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *row = v + s[r];
+        if (at[r] < 0) {
+            memcpy(out, row, (size_t)len[r] * sizeof(int32_t));
+            out += len[r];
+            continue;
+        }
+        memcpy(out, row, (size_t)at[r] * sizeof(int32_t));
+        out += at[r];
+        int64_t rest = len[r] - at[r] - cut[r];
+        memcpy(out, row + at[r] + cut[r], (size_t)rest * sizeof(int32_t));
+        out += rest;
+    }
+}
+
+/* sk_count_rows: out[r] = how often v[q[r]] occurs in v[s[r]:][:len[r]] (the count task). */
+void sk_count_rows(int64_t rows, const int32_t *v, const int64_t *s, const int64_t *len,
+                   const int64_t *q, int64_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t x = v[q[r]];
+        int64_t c = 0;
+        for (int64_t i = 0; i < len[r]; i++) c += v[s[r] + i] == x;
+        out[r] = c;
     }
 }
 

@@ -57,8 +57,12 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_distinct_rows.restype = i32
         lib.sk_first_index.argtypes = [i64, ptr, ptr, ctypes.c_int32, ptr]
         lib.sk_first_index.restype = None
-        lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
+        lib.sk_find_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
         lib.sk_find_rows.restype = None
+        lib.sk_cut_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.sk_cut_rows.restype = None
+        lib.sk_count_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
+        lib.sk_count_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
         lib.sk_sort_rows.restype = i64
     return lib
@@ -219,16 +223,40 @@ def distinct_rows(keys: np.ndarray, m: np.ndarray, hashes: np.ndarray, n: int, l
     return out if rc == 0 else None
 
 
-def find_rows(seq_values: np.ndarray, seq_offsets: np.ndarray, query_values: np.ndarray,
-              query_offsets: np.ndarray) -> Optional[np.ndarray]:
+def find_rows(seq: tuple, query: tuple) -> Optional[np.ndarray]:
     """First position of each row's query in its seq (-1: absent; 0: empty query), or None
-    without the kernels."""
+    without the kernels. seq and query are (values, starts, lengths) spans."""
     lib = kernels()
     if lib is None:
         return None
-    out = np.empty(len(seq_offsets) - 1, dtype=I64)
-    call(lib.sk_find_rows, len(out), as_c(seq_values, I32), as_c(seq_offsets, I64),
-          as_c(query_values, I32), as_c(query_offsets, I64), out)
+    out = np.empty(len(seq[1]), dtype=I64)
+    call(lib.sk_find_rows, len(out), as_c(seq[0], I32), as_c(seq[1], I64), as_c(seq[2], I64),
+         as_c(query[0], I32), as_c(query[1], I64), as_c(query[2], I64), out)
+    return out
+
+
+def cut_rows(span: tuple, at: np.ndarray, cut: np.ndarray) -> Optional[np.ndarray]:
+    """The values of each row of the (values, starts, lengths) span without
+    [at, at + cut) where at >= 0, flat; None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    at, cut = as_c(at, I64), as_c(cut, I64)
+    out = np.empty(int(span[2].sum() - cut[at >= 0].sum()), dtype=I32)
+    call(lib.sk_cut_rows, len(at), as_c(span[0], I32), as_c(span[1], I64), as_c(span[2], I64),
+         at, cut, out)
+    return out
+
+
+def count_rows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+               query_at: np.ndarray) -> Optional[np.ndarray]:
+    """How often values[query_at[r]] occurs in row r's span; None without the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    out = np.empty(len(starts), dtype=I64)
+    call(lib.sk_count_rows, len(out), as_c(values, I32), as_c(starts, I64), as_c(lengths, I64),
+         as_c(query_at, I64), out)
     return out
 
 

@@ -9,7 +9,7 @@ become [32096] in `SimpleTask.targets` (the authors' empty-output marker).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -142,7 +142,25 @@ def solve_longest_word(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 
 
 # -- binary -----------------------------------------------------------------
+def _spans(raw: Ragged) -> Optional[tuple]:
+    """(seq, query) of every row as (values, starts, lengths) spans of raw, split at the first
+    32097 by the C kernels (no copies); None without them."""
+    pos = native.first_index(raw.values, raw.offsets, ARG_DIVIDER)
+    if pos is None:
+        return None
+    if (pos < 0).any():
+        raise ValueError(f"every raw input must contain the separator {ARG_DIVIDER}")
+    starts = raw.starts
+    return ((raw.values, starts, pos), (raw.values, starts + pos + 1, raw.lengths - pos - 1))
+
+
 def solve_count(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
+    spans = _spans(raw)
+    if spans is not None:
+        seq, query = spans
+        if (query[2] == 0).any():
+            raise ValueError("count needs a query token after 32097")
+        return tv.numbers(native.count_rows(raw.values, seq[1], seq[2], query[1]))
     seq, query = split_at_first(raw, ARG_DIVIDER)
     if (query.lengths == 0).any():
         raise ValueError("count needs a query token after 32097")
@@ -162,7 +180,8 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
     is its first matching candidate. Inputs with very many candidates (e.g. long
     runs of one token) are searched row by row instead.
     """
-    found = native.find_rows(seq.values, seq.offsets, query.values, query.offsets)
+    found = native.find_rows((seq.values, seq.starts, seq.lengths),
+                             (query.values, query.starts, query.lengths))
     if found is not None:
         return found
     n = len(seq)
@@ -197,11 +216,19 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
 
 
 def solve_search(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
-    seq, query = split_at_first(raw, ARG_DIVIDER)
-    return take_rows(tv.no_yes, (find_rows(seq, query) >= 0).astype(np.int64))
+    spans = _spans(raw)
+    at = native.find_rows(*spans) if spans is not None else find_rows(
+        *split_at_first(raw, ARG_DIVIDER))
+    return take_rows(tv.no_yes, (at >= 0).astype(np.int64))
 
 
 def solve_delete(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
+    spans = _spans(raw)
+    if spans is not None:
+        seq, query = spans
+        at = native.find_rows(seq, query)
+        return Ragged(native.cut_rows(seq, at, query[2]),
+                      seq[2] - np.where(at >= 0, query[2], 0))
     seq, query = split_at_first(raw, ARG_DIVIDER)
     at = find_rows(seq, query)
     hit = at >= 0

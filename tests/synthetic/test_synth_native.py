@@ -242,3 +242,38 @@ def test_without_a_compiler_the_generators_give_the_same_examples(tmp_path):
     for t, digest in zip(("union", "sort", "induct", "nesting_language"), lines[1:]):
         b = generate_range(make_task(t), 1, "train", 0, 300)
         assert hashlib.sha1(b["targets"].values.tobytes()).hexdigest() == digest, t
+
+
+def test_count_search_delete_targets_with_and_without_kernels(monkeypatch):
+    """The binary tasks' targets from spans of the raw rows (C) equal the split-and-NumPy
+    path, on random rows with repeats, queries cut from the seq, empty parts and second
+    separators."""
+    from synthpre_jax.synthetic.codec import FallbackCodec
+    from synthpre_jax.synthetic.ragged import Ragged
+    from synthpre_jax.synthetic.simple_solve import SOLVERS, TargetVocab
+
+    rng = np.random.default_rng(10)
+    raws = []
+    for _ in range(400):
+        alphabet = int(rng.choice([2, 3, 40]))
+        s = [int(x) for x in rng.integers(2, 2 + alphabet, int(rng.integers(0, 40)))]
+        if s and rng.random() < 0.5:
+            a = int(rng.integers(0, len(s)))
+            q = s[a:a + int(rng.integers(1, 6))]
+        else:
+            q = [int(x) for x in rng.integers(2, 2 + alphabet, int(rng.integers(1, 6)))]
+        if rng.random() < 0.1:
+            q = q + [32097, 5]
+        raws.append(s + [32097] + q)
+    raw = Ragged.from_rows(raws)
+    tv = TargetVocab(FallbackCodec())
+    fast = {t: SOLVERS[t](raw, tv, "cpython").tolists() for t in ("count", "search", "delete")}
+    with pytest.raises(ValueError):
+        SOLVERS["count"](Ragged.from_rows([[3, 4, 32097]]), tv, "cpython")
+    with pytest.raises(ValueError):
+        SOLVERS["delete"](Ragged.from_rows([[3, 4]]), tv, "cpython")
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    for t, got in fast.items():
+        assert SOLVERS[t](raw, tv, "cpython").tolists() == got, t
+    with pytest.raises(ValueError):
+        SOLVERS["count"](Ragged.from_rows([[3, 4, 32097]]), tv, "cpython")
