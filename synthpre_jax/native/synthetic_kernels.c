@@ -256,19 +256,23 @@ static int add_all_new(eset *s, const int32_t *keys, int64_t m) {
     return 0;
 }
 
-/* set(list): the row's distinct keys in first-occurrence order (a branch-free pass into
- * `scratch`, n slots, marking them in `bits`), each added as new. */
-static int from_list_bits(eset *s, const int32_t *v, int64_t n, uint64_t *bits,
-                          int32_t *scratch) {
-    es_init(s);
+/* The row's distinct keys in first-occurrence order (a branch-free pass into `keys`, n
+ * slots), marked in `bits`; returns how many. */
+static int64_t distinct_bits(const int32_t *v, int64_t n, uint64_t *bits, int32_t *keys) {
     int64_t m = 0;
     for (int64_t i = 0; i < n; i++) {
         int32_t k = v[i];
-        scratch[m] = k;
+        keys[m] = k;
         m += !has_bit(bits, k);
         bits[k >> 6] |= (uint64_t)1 << (k & 63);
     }
-    return add_all_new(s, scratch, m);
+    return m;
+}
+
+/* set(list) of a list whose distinct keys, in first-occurrence order, are keys[0:m]. */
+static int build(eset *s, const int32_t *keys, int64_t m) {
+    es_init(s);
+    return add_all_new(s, keys, m);
 }
 
 /* The keys of s in table order whose membership in the other operand (its bits) is
@@ -283,23 +287,30 @@ static int64_t collect(const eset *s, const uint64_t *bits, int member, int32_t 
     return m;
 }
 
-/* op 1..3 of rows a, b (their keys marked in ba, bb): the result in res (initialised). */
-static int op_bits(int op, eset *res, const eset *a, const eset *b, const uint64_t *ba,
-                   const uint64_t *bb, int32_t *scratch) {
+/* op 1..3 of rows whose distinct keys are ka[0:ma] and kb[0:mb] (marked in ba, bb): the
+ * result in res (initialised). Only the tables an operation reads are built: the
+ * intersection iterates the smaller set and the difference the left one (membership in the
+ * other comes from its bits); which keys a copy-then-discard difference removes does not
+ * depend on the order it removes them in, but it is the general code's, so it gets both. */
+static int op_bits(int op, eset *res, eset *a, eset *b, const int32_t *ka, int64_t ma,
+                   const int32_t *kb, int64_t mb, const uint64_t *ba, const uint64_t *bb,
+                   int32_t *scratch) {
     if (op == 1) {
-        if (merge(res, a)) return -1;
+        if (build(a, ka, ma) || build(b, kb, mb) || merge(res, a)) return -1;
         if (res->fill == 0 || b->used == 0) return merge(res, b);
         if ((uint64_t)(res->fill + b->used) * 5 >= res->mask * 3
             && resize(res, (res->used + b->used) * 2)) return -1;
         return add_all_new(res, scratch, collect(b, ba, 0, scratch));
     }
     if (op == 2) {
-        if (b->used > a->used) return add_all_new(res, scratch, collect(a, bb, 1, scratch));
-        return add_all_new(res, scratch, collect(b, ba, 1, scratch));
+        if (mb > ma)
+            return build(a, ka, ma) || add_all_new(res, scratch, collect(a, bb, 1, scratch));
+        return build(b, kb, mb) || add_all_new(res, scratch, collect(b, ba, 1, scratch));
     }
-    if ((a->used >> 2) > b->used) {  /* set_copy_and_difference: dummies, the general code */
+    if (build(a, ka, ma)) return -1;
+    if ((ma >> 2) > mb) {  /* set_copy_and_difference: dummies, the general code */
         es_free(res);
-        return difference(res, a, b);
+        return build(b, kb, mb) || difference(res, a, b);
     }
     return add_all_new(res, scratch, collect(a, bb, 0, scratch));
 }
@@ -323,7 +334,9 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *as, const in
     }
     /* scratch: a row's keys, or a table of one operand (<= 8 * longest + 8 slots), or the
      * result's table (<= 16 * longest + 8) for emit */
-    int32_t *scratch = malloc(((size_t)longest * 16 + 16) * sizeof(int32_t));
+    /* scratch, then each operand's distinct keys (<= longest each) */
+    int32_t *scratch = malloc(((size_t)longest * 18 + 16) * sizeof(int32_t));
+    int32_t *ka = scratch ? scratch + longest * 16 + 8 : NULL, *kb = ka ? ka + longest + 4 : NULL;
     uint64_t *ba = NULL, *bb = NULL;
     if (scratch && maxkey < BITMAP_LIMIT) {
         ba = calloc((size_t)(maxkey >> 6) + 1, sizeof(uint64_t));
@@ -335,18 +348,21 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *as, const in
         eset a, b, res;
         const int32_t *ra = av + as[r], *rb = op ? bv + bs[r] : av;
         int64_t na = al[r], nb = op ? bl[r] : 0;
+        es_init(&a);
         es_init(&b);
         es_init(&res);
-        err = ba ? from_list_bits(&a, ra, na, ba, scratch) : from_list(&a, ra, na);
         if (op == 0) {
+            err = ba ? build(&a, ka, distinct_bits(ra, na, ba, ka)) : from_list(&a, ra, na);
             if (!err) out_len[r] = emit(&a, scratch);
         } else {
-            if (!err) err = ba ? from_list_bits(&b, rb, nb, bb, scratch) : from_list(&b, rb, nb);
-            if (!err) {
-                if (ba) err = op_bits(op, &res, &a, &b, ba, bb, scratch);
-                else if (op == 1) err = merge(&res, &a) || merge(&res, &b);
-                else if (op == 2) err = intersection(&res, &a, &b);
-                else err = difference(&res, &a, &b);
+            if (ba) {
+                int64_t ma = distinct_bits(ra, na, ba, ka), mb = distinct_bits(rb, nb, bb, kb);
+                err = op_bits(op, &res, &a, &b, ka, ma, kb, mb, ba, bb, scratch);
+            } else {
+                err = from_list(&a, ra, na) || from_list(&b, rb, nb);
+                if (!err && op == 1) err = merge(&res, &a) || merge(&res, &b);
+                else if (!err && op == 2) err = intersection(&res, &a, &b);
+                else if (!err) err = difference(&res, &a, &b);
             }
             if (!err) out_len[r] = emit(&res, scratch);
         }
