@@ -781,3 +781,17 @@ int rng_distinct_rows(int64_t rows, const uint64_t *keys, const int64_t *m,
     free(bits);
     return rc;
 }
+
+/* The set operations' raw rows: row r is counts1[r] picks with keys1[r], then sep, then
+ * counts2[r] picks with keys2[r], each pick as in rng_pick_rows from the row's pool. */
+void rng_pick_pair_rows(int64_t rows, const uint64_t *keys1, const int64_t *counts1,
+                        const uint64_t *keys2, const int64_t *counts2, const int32_t *values,
+                        const int64_t *starts, const int64_t *sizes, int32_t sep, int32_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        rng_pick_rows(1, keys1 + r, counts1 + r, values, starts + r, sizes + r, out);
+        out += counts1[r];
+        *out++ = sep;
+        rng_pick_rows(1, keys2 + r, counts2 + r, values, starts + r, sizes + r, out);
+        out += counts2[r];
+    }
+}

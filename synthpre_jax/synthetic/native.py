@@ -46,8 +46,9 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.rng_at.restype = None
         lib.rng_sub.argtypes = [i64, ptr, ctypes.c_uint64, ptr]
         lib.rng_sub.restype = None
-        lib.rng_pick_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr]
-        lib.rng_pick_rows.restype = None
+        lib.rng_pick_pair_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int32,
+                                           ptr]
+        lib.rng_pick_pair_rows.restype = None
         lib.rng_shuffle_rows.argtypes = [i64, ptr, ptr, ptr, ptr]
         lib.rng_shuffle_rows.restype = i32
         lib.rng_partition.argtypes = [i64, ptr, ptr, ptr, ptr]
@@ -167,18 +168,19 @@ def counter_sub(keys: np.ndarray, h: int) -> Optional[np.ndarray]:
     return out
 
 
-def counter_pick_rows(keys: np.ndarray, counts: np.ndarray, values: np.ndarray,
-                      starts: np.ndarray, sizes: np.ndarray) -> Optional[np.ndarray]:
-    """Row r: counts[r] picks values[starts[r] + min(floor(u * sizes[r]), sizes[r] - 1)] with
-    u the row's numbers 1, 2, ...; None without the kernels. Every row with counts > 0 needs
-    sizes > 0."""
+def counter_pick_pair_rows(keys1: np.ndarray, counts1: np.ndarray, keys2: np.ndarray,
+                           counts2: np.ndarray, values: np.ndarray, starts: np.ndarray,
+                           sizes: np.ndarray, sep: int) -> Optional[np.ndarray]:
+    """Row r: counts1[r] picks values[starts[r] + min(floor(u * sizes[r]), sizes[r] - 1)] with
+    u the numbers 1, 2, ... of keys1[r], then `sep`, then counts2[r] picks with keys2[r]
+    (flat); None without the kernels. Rows with picks need sizes > 0."""
     lib = kernels()
     if lib is None:
         return None
-    counts = as_c(counts, I64)
-    out = np.empty(int(counts.sum()), dtype=I32)
-    call(lib.rng_pick_rows, len(keys), as_c(keys, U64), counts, as_c(values, I32), as_c(starts, I64),
-          as_c(sizes, I64), out)
+    counts1, counts2 = as_c(counts1, I64), as_c(counts2, I64)
+    out = np.empty(int(counts1.sum() + counts2.sum()) + len(counts1), dtype=I32)
+    call(lib.rng_pick_pair_rows, len(counts1), as_c(keys1, U64), counts1, as_c(keys2, U64),
+         counts2, as_c(values, I32), as_c(starts, I64), as_c(sizes, I64), sep, out)
     return out
 
 

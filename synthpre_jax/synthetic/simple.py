@@ -212,17 +212,20 @@ class SimpleTask(SyntheticTask):
         m = total // 2
         sub = self._distinct_rows(d.sub("subvocab"), m)
 
+        n2 = total - n1
+        if (m[(n1 > 0) | (n2 > 0)] > 0).all():  # both operands and the divider in one C pass
+            rows = native.counter_pick_pair_rows(d.sub("s1").stream_keys(), n1,
+                                                 d.sub("s2").stream_keys(), n2, sub.values,
+                                                 sub.starts, m, ARG_DIVIDER)
+            if rows is not None:
+                return Ragged(rows, total + 1)
+
         def draw(stage: str, cnt: np.ndarray) -> Ragged:
-            if (m[cnt > 0] > 0).all():  # one pass in C, the same picks
-                picked = native.counter_pick_rows(d.sub(stage).stream_keys(), cnt, sub.values,
-                                                  sub.starts, m)
-                if picked is not None:
-                    return Ragged(picked, cnt)
             mm = np.repeat(m, cnt)
             j = np.minimum((d.sub(stage).uniform(cnt) * mm).astype(np.int64), mm - 1)
             return Ragged(sub.values[np.repeat(sub.starts, cnt) + j], cnt)
 
-        return join([draw("s1", n1), draw("s2", total - n1)], [[ARG_DIVIDER]])
+        return join([draw("s1", n1), draw("s2", n2)], [[ARG_DIVIDER]])
 
     def _distinct_rows(self, d: Draws, m: np.ndarray) -> Ragged:
         """Row r: m[r] distinct pool ids in random order (`random.sample`), by per-row retries

@@ -148,18 +148,26 @@ def test_sort_target_with_and_without_kernels(monkeypatch):
 
 @needs_kernels
 def test_counter_picks_are_the_numpy_picks():
+    from synthpre_jax.synthetic.ragged import Ragged, join
     from synthpre_jax.synthetic.rng import Draws
 
     rng = np.random.default_rng(7)
-    keys = rng.integers(0, 2**64, 300, dtype=np.uint64, endpoint=False)
+    keys1, keys2 = (rng.integers(0, 2**64, 300, dtype=np.uint64, endpoint=False)
+                    for _ in range(2))
     sizes = rng.integers(1, 120, 300)
-    counts = rng.integers(0, 250, 300)
+    counts1, counts2 = rng.integers(0, 250, 300), rng.integers(0, 250, 300)
     values = rng.integers(2, 32000, int(sizes.sum())).astype(np.int32)
     starts = np.cumsum(sizes) - sizes
-    got = native.counter_pick_rows(keys, counts, values, starts, sizes)
-    mm = np.repeat(sizes, counts)
-    j = np.minimum((Draws(keys).uniform(counts) * mm).astype(np.int64), mm - 1)
-    assert np.array_equal(got, values[np.repeat(starts, counts) + j])
+    got = native.counter_pick_pair_rows(keys1, counts1, keys2, counts2, values, starts, sizes,
+                                        32097)
+
+    def picks(keys, counts):
+        mm = np.repeat(sizes, counts)
+        j = np.minimum((Draws(keys).uniform(counts) * mm).astype(np.int64), mm - 1)
+        return Ragged(values[np.repeat(starts, counts) + j], counts)
+
+    want = join([picks(keys1, counts1), picks(keys2, counts2)], [[32097]])
+    assert np.array_equal(got, want.values)
 
 
 @needs_kernels
