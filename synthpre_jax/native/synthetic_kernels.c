@@ -548,14 +548,26 @@ void sk_cut_rows(int64_t rows, const int32_t *v, const int64_t *s, const int64_t
     }
 }
 
-/* sk_count_rows: out[r] = how often v[q[r]] occurs in v[s[r]:][:len[r]] (the count task). */
+/* sk_count_rows: out[r] = how often probe[r] occurs in v[s[r]:][:len[r]] (the count task;
+ * the search/delete screen). */
 void sk_count_rows(int64_t rows, const int32_t *v, const int64_t *s, const int64_t *len,
-                   const int64_t *q, int64_t *out) {
+                   const int32_t *probe, int64_t *out) {
     for (int64_t r = 0; r < rows; r++) {
-        int32_t x = v[q[r]];
+        int32_t x = probe[r];
         int64_t c = 0;
         for (int64_t i = 0; i < len[r]; i++) c += v[s[r] + i] == x;
         out[r] = c;
+    }
+}
+
+/* sk_take_rows: rows idx[0], idx[1], ... of the ragged (v, starts, lengths), one after
+ * another into out (`ragged.take_rows`). */
+void sk_take_rows(int64_t n, const int32_t *v, const int64_t *starts, const int64_t *lengths,
+                  const int64_t *idx, int32_t *out) {
+    for (int64_t k = 0; k < n; k++) {
+        int64_t r = idx[k];
+        memcpy(out, v + starts[r], (size_t)lengths[r] * sizeof(int32_t));
+        out += lengths[r];
     }
 }
 

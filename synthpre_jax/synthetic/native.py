@@ -64,6 +64,8 @@ def kernels() -> Optional[ctypes.CDLL]:
         lib.sk_cut_rows.restype = None
         lib.sk_count_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
         lib.sk_count_rows.restype = None
+        lib.sk_take_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ptr]
+        lib.sk_take_rows.restype = None
         lib.sk_sort_rows.argtypes = [i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr]
         lib.sk_sort_rows.restype = i64
     return lib
@@ -251,14 +253,27 @@ def cut_rows(span: tuple, at: np.ndarray, cut: np.ndarray) -> Optional[np.ndarra
 
 
 def count_rows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-               query_at: np.ndarray) -> Optional[np.ndarray]:
-    """How often values[query_at[r]] occurs in row r's span; None without the kernels."""
+               probe: np.ndarray) -> Optional[np.ndarray]:
+    """How often probe[r] occurs in row r's span of values; None without the kernels."""
     lib = kernels()
     if lib is None:
         return None
     out = np.empty(len(starts), dtype=I64)
     call(lib.sk_count_rows, len(out), as_c(values, I32), as_c(starts, I64), as_c(lengths, I64),
-         as_c(query_at, I64), out)
+         as_c(probe, I32), out)
+    return out
+
+
+def take_rows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+              idx: np.ndarray) -> Optional[np.ndarray]:
+    """The values of rows idx (any order, repeats allowed) of a ragged, flat; None without
+    the kernels."""
+    lib = kernels()
+    if lib is None:
+        return None
+    idx, lengths = as_c(idx, I64), as_c(lengths, I64)
+    out = np.empty(int(lengths[idx].sum()), dtype=I32)
+    call(lib.sk_take_rows, len(idx), as_c(values, I32), as_c(starts, I64), lengths, idx, out)
     return out
 
 

@@ -111,6 +111,12 @@ def segment_positions(lengths: np.ndarray) -> np.ndarray:
 def take_rows(r: Ragged, idx: np.ndarray) -> Ragged:
     """The rows `idx` of `r` (any order, repeats allowed), as one Ragged."""
     idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) and (idx.min() < -len(r) or idx.max() >= len(r)):
+        raise IndexError("take_rows: row index out of range")
+    idx = idx % max(len(r), 1)
+    done = native.take_rows(r.values, r.starts, r.lengths, idx)
+    if done is not None:
+        return Ragged(done, r.lengths[idx])
     starts = r.starts[idx]
     lens = r.lengths[idx]
     out_start = np.cumsum(lens) - lens

@@ -415,6 +415,11 @@ def _may_contain(seq: Ragged, query: Ragged) -> np.ndarray:
     """
     n = len(seq)
     short = query.lengths <= 2
+    probe = np.zeros(n, dtype=np.int32)  # query[1]; short rows are checked in full anyway
+    probe[~short] = query.values[query.starts[~short] + 1]
+    found = native.count_rows(seq.values, seq.starts, seq.lengths, probe)
+    if found is not None:
+        return (found > 0) | short
     probe_row = np.flatnonzero(~short)
     probe = query.values[query.starts[probe_row] + 1].astype(np.int64) | (probe_row.astype(np.int64) << 32)
     keys = seq.values.astype(np.int64) | (seq.row_ids().astype(np.int64) << 32)

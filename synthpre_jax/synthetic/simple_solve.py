@@ -160,7 +160,7 @@ def solve_count(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
         seq, query = spans
         if (query[2] == 0).any():
             raise ValueError("count needs a query token after 32097")
-        return tv.numbers(native.count_rows(raw.values, seq[1], seq[2], query[1]))
+        return tv.numbers(native.count_rows(raw.values, seq[1], seq[2], raw.values[query[1]]))
     seq, query = split_at_first(raw, ARG_DIVIDER)
     if (query.lengths == 0).any():
         raise ValueError("count needs a query token after 32097")

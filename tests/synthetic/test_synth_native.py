@@ -285,3 +285,19 @@ def test_count_search_delete_targets_with_and_without_kernels(monkeypatch):
         assert SOLVERS[t](raw, tv, "cpython").tolists() == got, t
     with pytest.raises(ValueError):
         SOLVERS["count"](Ragged.from_rows([[3, 4, 32097]]), tv, "cpython")
+
+
+def test_take_rows_with_and_without_kernels(monkeypatch):
+    from synthpre_jax.synthetic.ragged import Ragged, take_rows
+
+    rng = np.random.default_rng(11)
+    rows = [list(rng.integers(0, 99, int(n))) for n in rng.integers(0, 30, 200)]
+    r = Ragged.from_rows(rows)
+    idx = np.concatenate([rng.integers(0, 200, 500), [-1, -200, 0, 0]])
+    want = [rows[i] for i in idx]
+    assert take_rows(r, idx).tolists() == want
+    with pytest.raises(IndexError):
+        take_rows(r, [200])
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert take_rows(r, idx).tolists() == want
+    assert take_rows(r, np.zeros(0, np.int64)).tolists() == []
