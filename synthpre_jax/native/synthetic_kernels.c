@@ -42,8 +42,25 @@ static void es_init(eset *s) {
     for (int i = 0; i < MINSIZE; i++) s->small[i] = EMPTY;
 }
 
+/* Tables come from a per-thread arena while ps_rows runs (reset for every row: no malloc per
+ * table), else from malloc; table_free tells them apart by address. */
+static __thread slot_t *arena_base, *arena_next, *arena_end;
+
+static slot_t *table_alloc(uint64_t n) {
+    if (arena_next && n <= (uint64_t)(arena_end - arena_next)) {
+        slot_t *p = arena_next;
+        arena_next += n;
+        return p;
+    }
+    return malloc(n * sizeof(slot_t));
+}
+
+static void table_free(slot_t *p) {
+    if (!(arena_base && p >= arena_base && p < arena_end)) free(p);
+}
+
 static void es_free(eset *s) {
-    if (s->table != s->small) free(s->table);
+    if (s->table != s->small) table_free(s->table);
     s->table = s->small;
 }
 
@@ -77,7 +94,7 @@ static int resize(eset *s, int64_t minused) {
         }
         fresh = s->small;
     } else {
-        fresh = malloc(newsize * sizeof(slot_t));
+        fresh = table_alloc(newsize);
         if (!fresh) return -1;
     }
     for (uint64_t i = 0; i < newsize; i++) fresh[i] = EMPTY;
@@ -86,7 +103,7 @@ static int resize(eset *s, int64_t minused) {
     s->fill = s->used;
     for (uint64_t i = 0; i <= oldmask; i++)
         if (old[i] >= 0) insert_clean(fresh, s->mask, old[i]);
-    if (old != s->small && old != copy && old != fresh) free(old);
+    if (old != s->small && old != copy && old != fresh) table_free(old);
     return 0;
 }
 
@@ -344,8 +361,12 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *as, const in
         if (!ba || !bb) { free(ba); free(bb); ba = bb = NULL; }
     }
     int err = scratch ? 0 : 1;
+    size_t arena_slots = (size_t)longest * 64 + 1024;
+    arena_base = arena_next = malloc(arena_slots * sizeof(slot_t));
+    arena_end = arena_base ? arena_base + arena_slots : NULL;
     for (int64_t r = 0; r < rows && !err; r++) {
         eset a, b, res;
+        arena_next = arena_base;
         const int32_t *ra = av + as[r], *rb = op ? bv + bs[r] : av;
         int64_t na = al[r], nb = op ? bl[r] : 0;
         es_init(&a);
@@ -379,6 +400,8 @@ int ps_rows(int op, int64_t rows, const int32_t *av, const int64_t *as, const in
         es_free(&b);
         es_free(&res);
     }
+    free(arena_base);
+    arena_base = arena_next = arena_end = NULL;
     free(ba);
     free(bb);
     free(scratch);
