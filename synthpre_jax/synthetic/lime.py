@@ -32,7 +32,8 @@ import numpy as np
 
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.pyset import ORDERS, set_list, set_rows
-from synthpre_jax.synthetic.ragged import Ragged, TokenPool, join, segment_positions, take_rows
+from synthpre_jax.synthetic.ragged import (Ragged, TokenPool, join, rows_with_repeats,
+                                           segment_positions, take_rows)
 from synthpre_jax.synthetic.rng import Draws, UniformStream, stream_numbers
 
 COLON, SEP, UPPER, LBRACKET, LOWER, MATH, RBRACKET = 32000, 32001, 32002, 32003, 32004, 32005, 32006
@@ -90,11 +91,11 @@ class LimeTask(SyntheticTask):
             perm = np.argsort(d.sub("perm").matrix(len(self.pool)), axis=1)[:, :k]
             return self.pool.pick((perm + 0.5) / len(self.pool)).astype(np.int64)
         out = self.pool.pick(d.sub("try0").matrix(k))  # int32 ids: a faster sort than int64
-        bad, attempt = _rows_with_repeats(out), 0
+        bad, attempt = _repeats(out), 0
         while len(bad):
             attempt += 1
             out[bad] = self.pool.pick(d.take(bad).sub(f"try{attempt}").matrix(k))
-            bad = bad[_rows_with_repeats(out[bad])]  # only re-drawn rows can repeat now
+            bad = bad[_repeats(out[bad])]  # only re-drawn rows can repeat now
         return out.astype(np.int64)
 
     def sample_rows(self, d: Draws) -> dict:
@@ -322,14 +323,13 @@ class LimeTask(SyntheticTask):
         return header + pattern + [SEP] + result, case
 
 
-def _rows_with_repeats(m: np.ndarray) -> np.ndarray:
-    """Indices of the rows of matrix `m` that hold some value twice."""
-    srt = np.sort(m, axis=1)
-    return np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
-
-
 def _gather(src: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
             row_lengths: np.ndarray) -> Ragged:
     """Pieces src[starts[k]:starts[k] + lengths[k]] concatenated, cut into rows."""
     shift = starts - (np.cumsum(lengths) - lengths)
     return Ragged(src[np.repeat(shift, lengths) + np.arange(int(lengths.sum()))], row_lengths)
+
+
+def _repeats(m: np.ndarray) -> np.ndarray:
+    """Indices of the rows of matrix `m` that hold some value twice."""
+    return rows_with_repeats(Ragged(m.ravel(), np.full(len(m), m.shape[1])))

@@ -36,7 +36,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from synthpre_jax.synthetic import native
-from synthpre_jax.synthetic.ragged import Ragged, split_at_first
+from synthpre_jax.synthetic.ragged import Ragged, split_at_first, split_spans
 
 LINEAR_PROBES = 9
 PERTURB_SHIFT = 5
@@ -371,14 +371,9 @@ def set_rows_split(op: str, raw: Ragged, sep: int, swap: bool = False,
     exchanged with `swap`), without copying the operands out when the kernels run. Every row
     must contain `sep`."""
     _check_order(order)
-    pos = native.first_index(raw.values, raw.offsets, sep) if order == "cpython" else None
-    if pos is not None:
-        if (pos < 0).any():
-            raise ValueError(f"every raw input must contain the separator {sep}")
-        starts = raw.starts
-        left, right = (raw.values, starts, pos), (raw.values, starts + pos + 1, raw.lengths - pos - 1)
-        if swap:
-            left, right = right, left
+    spans = split_spans(raw, sep) if order == "cpython" else None
+    if spans is not None:
+        left, right = spans[::-1] if swap else spans
         out = _rows_native(op, left, right)
         if out is not None:
             return out

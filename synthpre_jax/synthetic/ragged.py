@@ -282,6 +282,36 @@ def split_at_first(r: Ragged, sep: int) -> tuple[Ragged, Ragged]:
             Ragged(r.values[_spans(sep_pos + 1, right_len)], right_len))
 
 
+def split_spans(r: Ragged, sep: int):
+    """`split_at_first` without copies: (left, right) of every row as (values, starts,
+    lengths) spans of r.values, or None without the C kernels. Every row must contain sep."""
+    pos = native.first_index(r.values, r.offsets, sep)
+    if pos is None:
+        return None
+    if (pos < 0).any():
+        raise ValueError(f"every raw input must contain the separator {sep}")
+    starts = r.starts
+    return (r.values, starts, pos), (r.values, starts + pos + 1, r.lengths - pos - 1)
+
+
+def rows_with_repeats(r: Ragged) -> np.ndarray:
+    """Sorted indices of the rows that hold some value twice (values >= 0): by the C
+    kernels' per-row bitmaps, else by sorting (row, value) keys (packed into uint32 when
+    they fit, which sorts ~2x faster than int64)."""
+    if not len(r.values):
+        return np.zeros(0, np.int64)
+    first = native.first_in_rows(r.values, r.lengths)
+    if first is not None:
+        repeats = np.zeros(len(first) + 1, dtype=np.int64)
+        np.cumsum(~first, out=repeats[1:])
+        off = r.offsets
+        return np.flatnonzero(repeats[off[1:]] > repeats[off[:-1]])
+    vb = max(int(r.values.max()).bit_length(), 1)
+    dt = np.uint32 if vb + max(len(r) - 1, 1).bit_length() <= 32 else np.int64
+    srt = sort_keys(r.row_ids().astype(dt) << dt(vb) | r.values.astype(dt))
+    return unique_sorted(srt[1:][srt[1:] == srt[:-1]] >> dt(vb)).astype(np.int64)
+
+
 def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Indices starts[k] .. starts[k] + lengths[k] - 1, for every k, concatenated."""
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
@@ -299,15 +329,15 @@ def partition_counts(d, n: np.ndarray, k: np.ndarray, nonzero: bool) -> np.ndarr
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(k, dtype=np.int64)
     balls = n - k if nonzero else n
+    keys = d.stream_keys()
     if ((k > 0) | (balls <= 0)).all() and (balls >= 0).all():
-        counts = native.partition(d.stream_keys(), balls, k)
+        counts = native.partition(keys, balls, k)
         if counts is not None:
             return counts + 1 if nonzero else counts
-        d = type(d)(d.keys)  # the same stage, unclaimed, for the NumPy path
     part_start = np.zeros(len(k), dtype=np.int64)
     np.cumsum(k[:-1], out=part_start[1:])
     kk = np.repeat(k, balls)
-    bins = (d.uniform(balls) * kk).astype(np.int64)
+    bins = (d.numbers_unchecked(balls) * kk).astype(np.int64)
     bins = np.minimum(bins, kk - 1) + np.repeat(part_start, balls)
     counts = np.bincount(bins, minlength=int(k.sum()))
     return counts + 1 if nonzero else counts

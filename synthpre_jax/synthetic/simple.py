@@ -19,11 +19,11 @@ import numpy as np
 from synthpre_jax.synthetic.base import SyntheticTask
 from synthpre_jax.synthetic.codec import Codec, FallbackCodec
 from synthpre_jax.synthetic import native
-from synthpre_jax.synthetic.native import sort_keys
 from synthpre_jax.synthetic.pyset import ORDERS
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, TokenPool, fill_empty, isin_sorted,
-                                           join, partition_counts, prepend, segment_positions,
-                                           shuffle_rows, take_rows, unique_sorted)
+                                           join, partition_counts, prepend, rows_with_repeats,
+                                           segment_positions, shuffle_rows, take_rows,
+                                           unique_sorted)
 from synthpre_jax.synthetic.rng import Draws, stable_hash
 from synthpre_jax.synthetic.simple_solve import (ARG_DIVIDER, EMPTY_OUTPUT, SOLVERS,
                                                  TASK_DIVIDER, WORD_DIVIDER, TargetVocab,
@@ -240,7 +240,7 @@ class SimpleTask(SyntheticTask):
         if fast is not None:  # the same rounds per row, in C
             return Ragged(fast, m)
         out = Ragged(self._tokens(d.sub("try0"), m), m)
-        redo, attempt = _rows_with_repeats(out), 0
+        redo, attempt = rows_with_repeats(out), 0
         while len(redo):
             attempt += 1
             mask = np.zeros(len(m), dtype=bool)
@@ -249,7 +249,7 @@ class SimpleTask(SyntheticTask):
             values = self._tokens(d.take(redo).sub(f"try{attempt}"), m[redo])
             out.values[where] = values
             # Only re-drawn rows can hold repeats now: check just those.
-            redo = redo[_rows_with_repeats(Ragged(values, m[redo]))]
+            redo = redo[rows_with_repeats(Ragged(values, m[redo]))]
         return out
 
     # -- search / delete: query present or absent, then length rejection ------
@@ -373,24 +373,6 @@ class SimpleTask(SyntheticTask):
 
 _TRY_HASHES = np.array([stable_hash(f"try{a}", 64) for a in range(64)], dtype=np.uint64)
 MIN_ABSENT_ACCEPTANCE = 1e-3  # at most ~1,000 rounds per query-absent example on average
-
-
-def _rows_with_repeats(r: Ragged) -> np.ndarray:
-    """Sorted indices of the rows that hold some value twice (values >= 0): by the C
-    kernels' per-row bitmaps, else by sorting (row, value) keys (packed into uint32 when
-    they fit, which sorts ~2x faster than int64)."""
-    if not len(r.values):
-        return np.zeros(0, np.int64)
-    first = native.first_in_rows(r.values, r.lengths)
-    if first is not None:
-        repeats = np.zeros(len(first) + 1, dtype=np.int64)
-        np.cumsum(~first, out=repeats[1:])
-        off = r.offsets
-        return np.flatnonzero(repeats[off[1:]] > repeats[off[:-1]])
-    vb = max(int(r.values.max()).bit_length(), 1)
-    dt = np.uint32 if vb + max(len(r) - 1, 1).bit_length() <= 32 else np.int64
-    srt = sort_keys(r.row_ids().astype(dt) << dt(vb) | r.values.astype(dt))
-    return unique_sorted(srt[1:][srt[1:] == srt[:-1]] >> dt(vb)).astype(np.int64)
 
 
 def absent_acceptance(lo: int, hi: int) -> float:

@@ -9,7 +9,7 @@ become [32096] in `SimpleTask.targets` (the authors' empty-output marker).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from synthpre_jax.synthetic.codec import Codec, strip_lone_space
 from synthpre_jax.synthetic.pyset import set_rows_split
 from synthpre_jax.synthetic.ragged import (ID_DTYPE, Ragged, first_in_rows, first_occurrences,
                                            reverse_rows, segment_positions, split_at_first,
-                                           stable_sort_index, take_rows)
+                                           split_spans, stable_sort_index, take_rows)
 
 TASK_DIVIDER = 32099   # <extra_id_0>: task prefix | task input
 WORD_DIVIDER = 32098   # <extra_id_1>: between words (longest_word)
@@ -142,20 +142,8 @@ def solve_longest_word(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
 
 
 # -- binary -----------------------------------------------------------------
-def _spans(raw: Ragged) -> Optional[tuple]:
-    """(seq, query) of every row as (values, starts, lengths) spans of raw, split at the first
-    32097 by the C kernels (no copies); None without them."""
-    pos = native.first_index(raw.values, raw.offsets, ARG_DIVIDER)
-    if pos is None:
-        return None
-    if (pos < 0).any():
-        raise ValueError(f"every raw input must contain the separator {ARG_DIVIDER}")
-    starts = raw.starts
-    return ((raw.values, starts, pos), (raw.values, starts + pos + 1, raw.lengths - pos - 1))
-
-
 def solve_count(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
-    spans = _spans(raw)
+    spans = split_spans(raw, ARG_DIVIDER)
     if spans is not None:
         seq, query = spans
         if (query[2] == 0).any():
@@ -216,14 +204,14 @@ def find_rows(seq: Ragged, query: Ragged) -> np.ndarray:
 
 
 def solve_search(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
-    spans = _spans(raw)
+    spans = split_spans(raw, ARG_DIVIDER)
     at = native.find_rows(*spans) if spans is not None else find_rows(
         *split_at_first(raw, ARG_DIVIDER))
     return take_rows(tv.no_yes, (at >= 0).astype(np.int64))
 
 
 def solve_delete(raw: Ragged, tv: TargetVocab, order: str) -> Ragged:
-    spans = _spans(raw)
+    spans = split_spans(raw, ARG_DIVIDER)
     if spans is not None:
         seq, query = spans
         at = native.find_rows(seq, query)
