@@ -461,7 +461,36 @@ DEFINE_RADIX_SORT(sk_sort_u64, uint64_t, 6)
 DEFINE_RADIX_SORT(sk_sort_u32, uint32_t, 3)
 
 /* ---- per-row orders ------------------------------------------------------------------------
- * sk_row_argsort: perm = np.argsort(u + rows) for u in [0, 1) and non-decreasing row ids, as
+ * Orders within the rows of a block. */
+/* The argsort of one row's L values u (in [0, 1)) into idx, their sorted values into key:
+ * counting sort into 2L buckets (few values share one), then an insertion sort that has only
+ * in-bucket neighbours to fix. cnt holds 2L + 1 slots, bucket L. */
+static void bucket_argsort(const double *u, int64_t L, int64_t *idx, double *key, int64_t *cnt,
+                           int64_t *bucket) {
+    int64_t B = 2 * L;
+    memset(cnt, 0, ((size_t)B + 1) * sizeof(int64_t));
+    for (int64_t i = 0; i < L; i++) {
+        int64_t b = (int64_t)(u[i] * (double)B);
+        b = b < B ? b : B - 1;
+        bucket[i] = b;
+        cnt[b + 1]++;
+    }
+    for (int64_t b = 0; b < B; b++) cnt[b + 1] += cnt[b];
+    for (int64_t i = 0; i < L; i++) {
+        int64_t at = cnt[bucket[i]]++;
+        idx[at] = i;
+        key[at] = u[i];
+    }
+    for (int64_t k = 1; k < L; k++) {
+        double kx = key[k];
+        int64_t x = idx[k], j = k;
+        while (j > 0 && key[j - 1] > kx) { key[j] = key[j - 1]; idx[j] = idx[j - 1]; j--; }
+        key[j] = kx;
+        idx[j] = x;
+    }
+}
+
+/* sk_row_argsort: perm = np.argsort(u + rows) for u in [0, 1) and non-decreasing row ids, as
  * a bucket sort within each row (bucket floor(u * 2L) for a row of L, then an insertion sort
  * that has only in-bucket neighbours to fix): one pass instead of a 63-bit sort of the whole
  * block. Returns 1 when two keys u + row (float64, as NumPy adds them) are not strictly
@@ -474,33 +503,13 @@ int sk_row_argsort(int64_t n, const double *u, const int64_t *rows, int64_t *per
         if (e - s > longest) longest = e - s;
     }
     int64_t *cnt = malloc(((size_t)longest * 2 + 1) * sizeof(int64_t));
-    double *key = malloc((size_t)longest * sizeof(double));  /* the row's u, bucketed */
+    double *key = malloc((size_t)longest * sizeof(double));
     int64_t *bucket = malloc((size_t)longest * sizeof(int64_t));
     if (!cnt || !key || !bucket) { free(cnt); free(key); free(bucket); return -1; }
     for (int64_t s = 0, e; s < n; s = e) {
         for (e = s + 1; e < n && rows[e] == rows[s]; e++) {}
-        int64_t L = e - s, B = 2 * L;  /* 2 buckets per value: few share one */
-        memset(cnt, 0, ((size_t)B + 1) * sizeof(int64_t));
-        for (int64_t i = 0; i < L; i++) {
-            int64_t b = (int64_t)(u[s + i] * (double)B);
-            b = b < B ? b : B - 1;
-            bucket[i] = b;
-            cnt[b + 1]++;
-        }
-        for (int64_t b = 0; b < B; b++) cnt[b + 1] += cnt[b];
-        int64_t *p = perm + s;
-        for (int64_t i = 0; i < L; i++) {
-            int64_t at = cnt[bucket[i]]++;
-            p[at] = s + i;
-            key[at] = u[s + i];
-        }
-        for (int64_t k = 1; k < L; k++) {  /* only neighbours within a bucket are out of order */
-            double kx = key[k];
-            int64_t x = p[k], j = k;
-            while (j > 0 && key[j - 1] > kx) { key[j] = key[j - 1]; p[j] = p[j - 1]; j--; }
-            key[j] = kx;
-            p[j] = x;
-        }
+        bucket_argsort(u + s, e - s, perm + s, key, cnt, bucket);
+        for (int64_t k = s; k < e; k++) perm[k] += s;
     }
     free(cnt);
     free(key);
@@ -711,7 +720,7 @@ void rng_pick_rows(int64_t rows, const uint64_t *keys, const int64_t *counts,
 }
 
 /* `ragged.shuffle_rows` in one pass: row r's values ordered by np.argsort(u + r) of its
- * counter numbers u (j = 1..lengths[r] of keys[r]), by the bucket sort of sk_row_argsort.
+ * counter numbers u (j = 1..lengths[r] of keys[r]), by bucket_argsort.
  * Returns 1 when two keys u + r tie (then np.argsort decides: the caller's NumPy path), 0
  * when out holds the shuffled values, -1 when out of memory. */
 int rng_shuffle_rows(int64_t rows, const uint64_t *keys, const int64_t *lengths,
@@ -726,30 +735,11 @@ int rng_shuffle_rows(int64_t rows, const uint64_t *keys, const int64_t *lengths,
     int rc = (cnt && u && key && bucket && idx) ? 0 : -1;
     double prev = -1.0;  /* the last key u + r of the previous non-empty row */
     for (int64_t r = 0; r < rows && rc == 0; r++) {
-        int64_t L = lengths[r], B = 2 * L;
+        int64_t L = lengths[r];
         if (L == 0) continue;
         uint64_t x = keys[r] + GOLDEN;
         for (int64_t i = 0; i < L; i++, x += GOLDEN) u[i] = (double)(mix64(x) >> 11) * 0x1.0p-53;
-        memset(cnt, 0, ((size_t)B + 1) * sizeof(int64_t));
-        for (int64_t i = 0; i < L; i++) {
-            int64_t b = (int64_t)(u[i] * (double)B);
-            b = b < B ? b : B - 1;
-            bucket[i] = b;
-            cnt[b + 1]++;
-        }
-        for (int64_t b = 0; b < B; b++) cnt[b + 1] += cnt[b];
-        for (int64_t i = 0; i < L; i++) {
-            int64_t at = cnt[bucket[i]]++;
-            idx[at] = i;
-            key[at] = u[i];
-        }
-        for (int64_t k = 1; k < L; k++) {
-            double kx = key[k];
-            int64_t xi = idx[k], j = k;
-            while (j > 0 && key[j - 1] > kx) { key[j] = key[j - 1]; idx[j] = idx[j - 1]; j--; }
-            key[j] = kx;
-            idx[j] = xi;
-        }
+        bucket_argsort(u, L, idx, key, cnt, bucket);
         for (int64_t k = 0; k < L; k++) {
             double next = key[k] + (double)r;
             if (!(next > prev)) { rc = 1; break; }
